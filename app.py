@@ -1,0 +1,26 @@
+"""Glassbox Chat: the entry point. Sets up the page, the navigation and the shared sidebar."""
+
+from pathlib import Path
+
+import streamlit as st
+
+st.set_page_config(page_title="Glassbox Chat", page_icon="🔍", layout="wide")
+
+HERE = Path(__file__).parent
+# (file, title, icon). A page is listed once its file exists, so the menu never links to nothing.
+PAGES = [
+    ("pages/chat.py", "Chat", "💬"),
+    ("pages/candidates.py", "Next-word candidates", "🎲"),
+    ("pages/tokens.py", "Tokenization", "🧩"),
+    ("pages/embeddings.py", "Embeddings", "🧭"),
+    ("pages/attention.py", "Attention", "👀"),
+    ("pages/walkthrough.py", "From prompt to reply", "🚶"),
+    ("pages/about.py", "How to read this app", "📖"),
+]
+
+pages = [
+    st.Page(path, title=title, icon=icon, default=(i == 0))
+    for i, (path, title, icon) in enumerate(PAGES)
+    if (HERE / path).is_file()
+]
+st.navigation(pages).run()

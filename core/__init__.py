@@ -1,0 +1,1 @@
+"""Glassbox Chat core: plain, typed Python that never imports streamlit."""

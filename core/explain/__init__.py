@@ -1,0 +1,1 @@
+"""One module per explanation view. Each is a pure function of (model, trace, options) -> DataFrame."""

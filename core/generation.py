@@ -1,0 +1,174 @@
+"""The decode loop: one token at a time, streamed, with a record of every step.
+
+We run our own loop rather than ``model.generate`` so that each step's distribution can be
+recorded as it is produced (and streamed to the page) at no extra forward passes. The
+sampling itself is transformers' warpers (core.sampling), so it matches ``generate``.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+import torch
+from transformers import DynamicCache
+
+from core.models import LoadedModel
+from core.sampling import sampling_probs
+from core.settings import SamplingSettings
+from core.tokens import IncrementalDecoder
+from core.trace import TOP_CANDIDATES, Step, Trace
+
+LN2 = 0.6931471805599453
+
+
+@dataclass
+class Chunk:
+    """What the loop yields per token: the step record (None when capture is off) and the new text."""
+
+    token_id: int
+    text: str
+    step: Step | None
+
+
+def new_trace(lm: LoadedModel, prompt_ids: list[int], spans: list, settings: SamplingSettings) -> Trace:
+    return Trace(prompt_ids=list(prompt_ids), spans=list(spans), settings=settings, model_name=lm.name)
+
+
+def _record(logits: torch.Tensor, chosen: torch.Tensor, sample_probs: torch.Tensor) -> torch.Tensor:
+    """Everything a Step needs, packed in one tensor so the host reads it once.
+
+    logits: (vocab,) raw scores; chosen: () token id; sample_probs: (vocab,).
+    Returns (4 + 4*K,): [rank, entropy_bits, prob, sample_prob, ids*K, logits*K, probs*K, sample_probs*K].
+    """
+    logp = torch.log_softmax(logits, dim=-1)  # (vocab,)
+    probs = logp.exp()
+    entropy = -(probs * logp).nansum() / LN2  # bits; nansum: exp(-inf) * -inf is nan, counts as 0
+    top_logits, top_ids = torch.topk(logits, TOP_CANDIDATES)  # (K,), sorted high to low
+    rank = (logits > logits[chosen]).sum() + 1
+    head = torch.stack([rank.float(), entropy, probs[chosen], sample_probs[chosen]])
+    return torch.cat([head, top_ids.float(), top_logits, probs[top_ids], sample_probs[top_ids]])
+
+
+def _unpack(packed: list[float], token_id: int, text: str) -> Step:
+    k = TOP_CANDIDATES
+    ids = [int(v) for v in packed[4 : 4 + k]]
+    return Step(
+        token_id=token_id,
+        text=text,
+        rank=int(packed[0]),
+        entropy=max(float(packed[1]), 0.0),
+        prob=min(float(packed[2]), 1.0),
+        sample_prob=min(float(packed[3]), 1.0),
+        top_ids=ids,
+        top_logits=packed[4 + k : 4 + 2 * k],
+        top_probs=[min(p, 1.0) for p in packed[4 + 2 * k : 4 + 3 * k]],
+        top_sample_probs=[min(p, 1.0) for p in packed[4 + 3 * k : 4 + 4 * k]],
+    )
+
+
+def stream(
+    lm: LoadedModel,
+    trace: Trace,
+    stop: threading.Event | None = None,
+    capture: bool = True,
+    forced: list[int] | None = None,
+    on_wait: Callable[[], None] | None = None,
+) -> Iterator[Chunk]:
+    """Generate a reply for trace.prompt_ids with trace.settings, appending to trace.steps.
+
+    Yields one Chunk per token. The trace is updated in place as the loop goes, so a reply
+    that is stopped or abandoned keeps every step made so far (finish_reason "stopped").
+    forced: token ids to emit for the first steps instead of sampling (a "branch": their
+    steps still record the model's real distribution). The model's lock is held while the
+    loop runs; close the generator (or exhaust it) to release it.
+    """
+    settings = trace.settings.validated()
+    tokenizer, model = lm.tokenizer, lm.model
+    eos_ids = _eos_ids(lm)
+    forced = list(forced or [])
+    decoder = IncrementalDecoder(tokenizer)
+    if not lm.lock.acquire(blocking=False):
+        if on_wait:
+            on_wait()
+        while not lm.lock.acquire(timeout=0.1):
+            if stop is not None and stop.is_set():
+                trace.finish_reason = "stopped"
+                return
+    try:
+        generator = torch.Generator().manual_seed(settings.seed)
+        start = time.perf_counter()
+        first_token_at = None
+        trace.finish_reason = "running"
+        with torch.inference_mode():
+            cache = DynamicCache()
+            ids = torch.tensor([trace.prompt_ids], dtype=torch.long)  # (1, prompt_len)
+            logits = model(input_ids=ids, past_key_values=cache, use_cache=True, logits_to_keep=1).logits[
+                0, -1
+            ]
+            for i in range(settings.max_new_tokens):
+                if stop is not None and stop.is_set():
+                    trace.finish_reason = "stopped"
+                    break
+                logits = logits.float()  # (vocab,)
+                probs = sampling_probs(logits, settings) if (capture or not settings.greedy) else None
+                if i < len(forced):
+                    chosen = torch.tensor(forced[i])
+                elif settings.greedy:
+                    chosen = logits.argmax()
+                else:
+                    chosen = torch.multinomial(probs, 1, generator=generator)[0]
+                token_id = int(chosen)
+                text = decoder.push(token_id)
+                if capture:
+                    step = _unpack(_record(logits, chosen, probs).tolist(), token_id, text)
+                else:  # a bare record, so the reply's tokens and text are still known
+                    step = _bare_step(token_id, text)
+                trace.steps.append(step)
+                if first_token_at is None:
+                    first_token_at = time.perf_counter()
+                    trace.ttft_s = first_token_at - start
+                yield Chunk(token_id, text, step if capture else None)
+                if token_id in eos_ids:
+                    trace.finish_reason = "eos"
+                    break
+                logits = model(
+                    input_ids=chosen.view(1, 1), past_key_values=cache, use_cache=True, logits_to_keep=1
+                ).logits[0, -1]
+            else:
+                trace.finish_reason = "length"
+        tail = decoder.flush()
+        if tail and trace.steps:
+            trace.steps[-1].text += tail
+            yield Chunk(trace.steps[-1].token_id, tail, None)
+    finally:
+        if trace.finish_reason == "running":
+            trace.finish_reason = "stopped"
+        end = time.perf_counter()
+        trace.total_s = end - start
+        if first_token_at is not None and len(trace.steps) > 1:
+            trace.decode_tokens_per_s = (len(trace.steps) - 1) / max(end - first_token_at, 1e-9)
+        lm.lock.release()
+
+
+def generate(lm: LoadedModel, trace: Trace, stop: threading.Event | None = None, **kwargs) -> Trace:
+    """Run stream() to the end and return the filled trace."""
+    for _ in stream(lm, trace, stop=stop, **kwargs):
+        pass
+    return trace
+
+
+def _bare_step(token_id: int, text: str) -> Step:
+    return Step(token_id, text, 0.0, 0.0, 1, 0.0, [], [], [], [])
+
+
+def _eos_ids(lm: LoadedModel) -> set[int]:
+    ids: set[int] = set()
+    for source in (lm.model.generation_config.eos_token_id, lm.tokenizer.eos_token_id):
+        if isinstance(source, int):
+            ids.add(source)
+        elif source:
+            ids.update(int(v) for v in source)
+    return ids

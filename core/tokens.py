@@ -1,0 +1,165 @@
+"""What a token *is*, as bytes, and how to show it to a person.
+
+subtle: a byte-level BPE token can be half a UTF-8 character (an emoji is often 3-4 tokens),
+so a token's text on its own may not be valid UTF-8. We therefore work in bytes and only
+turn them into text for display, marking the pieces that are not whole characters.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from typing import Any
+
+SPACE_MARK = "·"  # shown for a space, so leading spaces are visible
+NEWLINE_MARK = "↵"
+TAB_MARK = "⇥"
+
+
+@lru_cache(maxsize=1)
+def _byte_decoder() -> dict[str, int]:
+    """Inverse of GPT-2's bytes_to_unicode(): the printable stand-in char -> the raw byte."""
+    bs = (
+        list(range(ord("!"), ord("~") + 1))
+        + list(range(ord("¡"), ord("¬") + 1))
+        + list(range(ord("®"), ord("ÿ") + 1))
+    )
+    cs = bs[:]
+    n = 0
+    for b in range(256):
+        if b not in bs:
+            bs.append(b)
+            cs.append(256 + n)
+            n += 1
+    return {chr(c): b for b, c in zip(bs, cs, strict=True)}
+
+
+def is_special(tokenizer: Any, token_id: int) -> bool:
+    return token_id in set(tokenizer.all_special_ids)
+
+
+def token_bytes(tokenizer: Any, token_id: int) -> bytes:
+    """The exact bytes a token stands for. [198] -> b"\\n"; a special token -> its literal name."""
+    piece = tokenizer.convert_ids_to_tokens(int(token_id))
+    if piece is None:
+        return b""
+    if is_special(tokenizer, token_id):
+        return piece.encode("utf-8")
+    decoder = _byte_decoder()
+    if all(ch in decoder for ch in piece):
+        return bytes(decoder[ch] for ch in piece)
+    # Not a byte-level vocabulary (e.g. WordPiece): fall back to the tokenizer's own decoding.
+    return tokenizer.decode([int(token_id)]).encode("utf-8")
+
+
+def split_utf8(data: bytes) -> list[tuple[str, bool]]:
+    """Split bytes into displayable parts.
+
+    Whole characters come back as text; each byte that is only part of a character comes
+    back as "<0xF0>" with is_whole_chars False.
+    b"hi\\xf0\\x9f" -> [("hi", True), ("<0xF0>", False), ("<0x9F>", False)].
+    """
+    parts: list[tuple[str, bool]] = []
+    i = 0
+    text_start = 0
+    while i < len(data):
+        need = _utf8_len(data[i])
+        chunk = data[i : i + need]
+        if need and len(chunk) == need and _valid(chunk):
+            i += need
+            continue
+        if text_start < i:
+            parts.append((data[text_start:i].decode("utf-8"), True))
+        parts.append((f"<0x{data[i]:02X}>", False))
+        i += 1
+        text_start = i
+    if text_start < len(data):
+        parts.append((data[text_start:].decode("utf-8"), True))
+    return parts
+
+
+def _utf8_len(first: int) -> int:
+    if first < 0x80:
+        return 1
+    if 0xC2 <= first <= 0xDF:
+        return 2
+    if 0xE0 <= first <= 0xEF:
+        return 3
+    if 0xF0 <= first <= 0xF4:
+        return 4
+    return 0
+
+
+def _valid(chunk: bytes) -> bool:
+    try:
+        chunk.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True
+
+
+def make_visible(text: str) -> str:
+    """Spaces, tabs and newlines as visible marks; other control chars as <0x..> escapes."""
+    out = []
+    for ch in text:
+        if ch == " ":
+            out.append(SPACE_MARK)
+        elif ch == "\n":
+            out.append(NEWLINE_MARK)
+        elif ch == "\t":
+            out.append(TAB_MARK)
+        elif ch == "\r":
+            out.append("␍")
+        elif (ord(ch) < 0x20 or ord(ch) == 0x7F) or ch in "\u200b\u200c\u200d\u2060\ufeff":
+            out.append(f"<U+{ord(ch):04X}>")
+        else:
+            out.append(ch)
+    return "".join(out)
+
+
+def readable(tokenizer: Any, token_id: int) -> str:
+    """A token as a person should see it: never empty, never garbled.
+
+    " Paris" -> "·Paris"; "\\n\\n" -> "↵↵"; the first third of an emoji -> "<0xF0><0x9F>".
+    The result is plain text; escape it before it becomes HTML (core.html does).
+    """
+    data = token_bytes(tokenizer, token_id)
+    if is_special(tokenizer, token_id):
+        return data.decode("utf-8")
+    parts = split_utf8(data)
+    shown = "".join(make_visible(text) if whole else text for text, whole in parts)
+    return shown or "<empty>"
+
+
+class IncrementalDecoder:
+    """Turn a stream of token ids into a stream of text, never emitting half a character.
+
+    decode_all() is the reference: "".join(pieces) == tokenizer.decode(ids) once flushed.
+    """
+
+    def __init__(self, tokenizer: Any, skip_special: bool = True) -> None:
+        self._tok = tokenizer
+        self._skip = skip_special
+        self._buffer = b""
+        self._special = set(tokenizer.all_special_ids)
+
+    def push(self, token_id: int) -> str:
+        if self._skip and token_id in self._special:
+            return ""
+        self._buffer += token_bytes(self._tok, token_id)
+        # Emit the longest prefix that is whole characters; keep a trailing partial char.
+        cut = len(self._buffer)
+        for back in range(1, min(4, len(self._buffer)) + 1):
+            b = self._buffer[-back]
+            if b & 0xC0 == 0x80:  # continuation byte: keep looking for the lead
+                continue
+            if b >= 0xC0 and _utf8_len(b) > back:
+                cut = len(self._buffer) - back
+            break
+        text = self._buffer[:cut].decode("utf-8", errors="replace")
+        self._buffer = self._buffer[cut:]
+        return text
+
+    def flush(self) -> str:
+        text = self._buffer.decode("utf-8", errors="replace")
+        self._buffer = b""
+        return text

@@ -1,0 +1,171 @@
+"""The chat page: talk to the model; every reply keeps the trace of how it was made."""
+
+from __future__ import annotations
+
+from contextlib import closing
+
+import streamlit as st
+
+from core.conversation import Message, PromptTooLong, build_prompt
+from core.generation import new_trace, stream
+from core.settings import DEFAULT_SYSTEM_PROMPT, SamplingSettings
+from pages import common
+
+EXAMPLES = [
+    "What is the capital of Australia?",
+    "List three primary colours.",
+    "Write a Python function that reverses a string.",
+    "Why is the sky blue? Answer in two sentences.",
+]
+PENDING = "chat.pending"  # set when the last user message still needs a reply
+
+lm = common.chat_model()
+history = common.messages()
+if not history or history[0].role != "system":
+    history.insert(0, Message("system", common.system_prompt()))
+
+
+# -- sidebar: the one place the sampling settings are edited ------------------------------
+def sidebar() -> SamplingSettings:
+    sb = st.sidebar
+    sb.header("Settings")
+    temperature = sb.slider("Temperature (0 = greedy)", 0.0, 2.0, 0.7, 0.05, key="chat.temperature")
+    top_k = sb.slider("Top-k (0 = off)", 0, 200, 50, key="chat.top_k")
+    top_p = sb.slider("Top-p (1 = off)", 0.05, 1.0, 0.95, 0.01, key="chat.top_p")
+    max_new = sb.slider("Maximum new tokens", 8, 1024, 256, 8, key="chat.max_new_tokens")
+    seed = sb.number_input("Seed", 0, 2**31 - 1, 0, key="chat.seed")
+    budget = sb.number_input(
+        "Context budget (tokens)",
+        256,
+        lm.context_length,
+        min(common.context_budget(), lm.context_length),
+        128,
+        key=common.BUDGET,
+        help="How much of the conversation the model may read. The oldest turns are left out beyond it.",
+    )
+    del budget  # read through common.context_budget()
+    with sb.expander("System prompt"):
+        text = st.text_area("System prompt", DEFAULT_SYSTEM_PROMPT, key=common.SYSTEM_PROMPT, height=120)
+        history[0].content = text
+    settings = SamplingSettings(temperature, top_k, top_p, max_new, int(seed)).validated()
+    st.session_state[common.SETTINGS] = settings
+    common.model_badge(lm)
+    return settings
+
+
+settings = sidebar()
+
+
+def show_message(message: Message) -> None:
+    """One message as the user sees it, with its notices and (for replies) explain controls."""
+    with st.chat_message(message.role):
+        st.markdown(message.content if message.content.strip() else "*(empty reply)*")
+        for note in message.trace.notices if message.trace else []:
+            st.caption(f"ℹ️ {note}")
+        if message.notice:
+            st.caption(f"ℹ️ {message.notice}")
+        if message.trace is not None:
+            footer(message)
+
+
+def footer(message: Message) -> None:
+    trace = message.trace
+    bits = [f"{len(trace.steps)} tokens"]
+    if trace.decode_tokens_per_s:
+        bits.append(f"{trace.decode_tokens_per_s:.1f} tokens/s")
+    if trace.ttft_s is not None:
+        bits.append(f"first token after {trace.ttft_s:.2f} s")
+    if trace.finish_reason == "stopped":
+        bits.append("stopped by you")
+    elif trace.finish_reason == "length":
+        bits.append("hit the token limit")
+    if message.alternatives:
+        bits.append(f"{len(message.alternatives)} other take(s) kept")
+    st.caption(" · ".join(bits))
+
+
+def generate_reply(previous: Message | None = None) -> None:
+    """Stream a reply to the conversation as it stands. The partial reply survives a stop.
+
+    previous: the take being regenerated; it is kept among the new reply's alternatives.
+    """
+    run_settings = settings
+    seed_offset = 1 + len(previous.alternatives) if previous else 0
+    if seed_offset:
+        run_settings = SamplingSettings(**{**settings.to_dict(), "seed": settings.seed + seed_offset})
+    try:
+        prompt = build_prompt(
+            lm.tokenizer, history, common.context_budget(), reserve=run_settings.max_new_tokens
+        )
+    except PromptTooLong as exc:
+        st.error(str(exc))
+        return
+    trace = new_trace(lm, prompt.ids, prompt.spans, run_settings)
+    trace.notices.extend(prompt.notices)
+    reply = Message("assistant", "", trace=trace)
+    if previous is not None:
+        reply.alternatives = [previous, *previous.alternatives]
+        previous.alternatives = []
+    history.append(reply)  # before streaming: a stop or a reload keeps what was made
+    with st.chat_message("assistant"):
+        for note in prompt.notices:
+            st.caption(f"ℹ️ {note}")
+        st.button("⏹ Stop", key="chat.stop", help="Stop the reply here and keep what was written.")
+        waiting = st.empty()
+        chunks = stream(
+            lm, trace, on_wait=lambda: waiting.info("Waiting for the model: another reply is being written…")
+        )
+
+        def pieces():
+            for chunk in chunks:
+                waiting.empty()
+                reply.content += chunk.text
+                yield chunk.text
+
+        with closing(chunks):  # always release the model, even when the run is interrupted
+            try:
+                st.write_stream(pieces())
+            finally:
+                reply.content = trace.text
+        footer(reply)
+
+
+# -- the conversation ------------------------------------------------------------------------
+st.title("💬 Glassbox Chat")
+for message in history[1:]:
+    show_message(message)
+
+if len(history) == 1:
+    st.markdown("Ask anything, then switch on **Explain** under a reply to see how the model wrote it.")
+    cols = st.columns(len(EXAMPLES))
+    for col, example in zip(cols, EXAMPLES, strict=True):
+        if col.button(example, key=f"chat.example.{example}", width="stretch"):
+            history.append(Message("user", example))
+            st.session_state[PENDING] = True
+            st.rerun()
+
+text = st.chat_input("Ask the model something…", key="chat.input")
+if text is not None:
+    if text.strip():
+        history.append(Message("user", text))
+        st.session_state[PENDING] = True
+        show_message(history[-1])
+    else:
+        st.toast("Empty messages are ignored.")
+
+if st.session_state.get(PENDING) and history[-1].role == "user":
+    st.session_state[PENDING] = False
+    generate_reply(st.session_state.pop("chat.previous_take", None))
+
+controls = st.columns(3)
+can_regenerate = len(history) > 1 and history[-1].role == "assistant"
+if controls[0].button("🔄 Regenerate last reply", disabled=not can_regenerate, key="chat.regenerate"):
+    old = history.pop()
+    st.session_state["chat.previous_take"] = old
+    st.session_state[PENDING] = True
+    st.rerun()
+if controls[1].button("🗑 Clear conversation", disabled=len(history) == 1, key="chat.clear"):
+    del history[1:]
+    st.session_state.pop(PENDING, None)
+    st.session_state.pop(common.SELECTED, None)
+    st.rerun()

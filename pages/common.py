@@ -1,0 +1,151 @@
+"""What every page shares: the cached models, the conversation in session state, and the
+message picker. Not a page itself (app.py lists the pages).
+
+Session-state keys are prefixed by owner: "chat.*" for the conversation, "<page>.*" for a page.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import streamlit as st
+
+from core.conversation import Message
+from core.models import ENV_MODEL, LoadedModel, ModelUnavailable, load_chat_model, load_embedder
+from core.settings import DEFAULT_CONTEXT_BUDGET, DEFAULT_SYSTEM_PROMPT, SamplingSettings
+
+MESSAGES = "chat.messages"
+SETTINGS = "chat.settings"
+SYSTEM_PROMPT = "chat.system_prompt"
+BUDGET = "chat.context_budget"
+SELECTED = "explain.selected"  # trace_id of the reply the explanation pages show
+
+
+def configured_model() -> str | None:
+    """GLASSBOX_MODEL from the environment, else from Streamlit secrets, else None."""
+    if os.environ.get(ENV_MODEL):
+        return os.environ[ENV_MODEL]
+    try:
+        value = st.secrets.get(ENV_MODEL)
+    except Exception:  # no secrets file at all is the common, fine case
+        value = None
+    return str(value) if value else None
+
+
+_READY: set[str | None] = set()  # configured sources already loaded in this process
+
+
+@st.cache_resource(show_spinner=False)
+def _chat_model(configured: str | None) -> LoadedModel:
+    return load_chat_model(configured)
+
+
+@st.cache_resource(show_spinner=False)
+def _embedder():
+    return load_embedder()
+
+
+def chat_model() -> LoadedModel:
+    """The shared chat model, loaded once per process, with a visible status on first load.
+
+    Stops the page with a clear message (not a traceback) when no source works.
+    """
+    configured = configured_model()
+    if configured in _READY:
+        return _chat_model(configured)
+    with st.status("Loading the language model (first visit only)…", expanded=True) as box:
+        st.write(
+            "Loading SmolLM2-135M-Instruct into memory. The very first start converts the bundled "
+            "model to a fast-loading cache, which takes about 20 seconds; later starts take about one."
+        )
+        try:
+            lm = _chat_model(configured)
+        except ModelUnavailable as exc:
+            box.update(label="No model could be loaded", state="error", expanded=True)
+            st.error(str(exc))
+            st.stop()
+        box.update(label=f"{lm.name} is ready ({lm.load_seconds:.1f} s)", state="complete", expanded=False)
+    _READY.add(configured)
+    return lm
+
+
+def embedder():
+    with st.spinner("Loading the sentence-embedding model (first use only)…"):
+        try:
+            return _embedder()
+        except ModelUnavailable as exc:
+            st.error(str(exc))
+            st.stop()
+
+
+def messages() -> list[Message]:
+    if MESSAGES not in st.session_state:
+        st.session_state[MESSAGES] = []
+    return st.session_state[MESSAGES]
+
+
+def system_prompt() -> str:
+    return st.session_state.get(SYSTEM_PROMPT, DEFAULT_SYSTEM_PROMPT)
+
+
+def settings() -> SamplingSettings:
+    return st.session_state.get(SETTINGS, SamplingSettings())
+
+
+def context_budget() -> int:
+    return int(st.session_state.get(BUDGET, DEFAULT_CONTEXT_BUDGET))
+
+
+@dataclass
+class ReplyRef:
+    """An assistant reply somewhere in the conversation (main line or an alternative)."""
+
+    message: Message
+    position: int  # index of the main-line message it belongs to
+    label: str
+
+
+def replies() -> list[ReplyRef]:
+    """Every assistant reply that has a trace, alternatives included, in conversation order."""
+    refs: list[ReplyRef] = []
+    for pos, m in enumerate(messages()):
+        if m.role != "assistant":
+            continue
+        number = sum(1 for x in messages()[: pos + 1] if x.role == "assistant")
+        for k, take in enumerate([m, *m.alternatives]):
+            if take.trace is None:
+                continue
+            tag = "" if k == 0 else f" (alternative {k})"
+            preview = take.content.strip().replace("\n", " ")
+            preview = preview[:50] + ("…" if len(preview) > 50 else "")
+            refs.append(ReplyRef(take, pos, f"Reply {number}{tag}: {preview or '(empty)'}"))
+    return refs
+
+
+def reply_picker(key: str) -> ReplyRef | None:
+    """A selectbox over every reply. Preselects ?reply=<trace_id> or the last one explained."""
+    refs = replies()
+    if not refs:
+        st.info("There is no reply to explain yet. Chat on the **Chat** page first, then come back.")
+        st.page_link("pages/chat.py", label="Go to the chat", icon="💬")
+        return None
+    ids = [r.message.trace.trace_id for r in refs]
+    wanted = st.query_params.get("reply") or st.session_state.get(SELECTED)
+    index = ids.index(wanted) if wanted in ids else len(ids) - 1
+    choice = st.selectbox(
+        "Reply to explain", range(len(refs)), index=index, format_func=lambda i: refs[i].label, key=key
+    )
+    ref = refs[choice]
+    st.session_state[SELECTED] = ref.message.trace.trace_id
+    if st.query_params.get("reply") not in (None, ref.message.trace.trace_id):
+        st.query_params["reply"] = ref.message.trace.trace_id
+    return ref
+
+
+def model_badge(lm: LoadedModel) -> None:
+    """Sidebar: which model, how big, where from, and that it runs here on the CPU."""
+    st.sidebar.caption(
+        f"**{lm.name}** · {lm.n_params / 1e6:.0f}M parameters · runs locally on the CPU  \n"
+        f"Source: {lm.source}"
+    )
