@@ -9,7 +9,7 @@ import streamlit as st
 from core.conversation import Message, PromptTooLong, build_prompt
 from core.generation import new_trace, stream
 from core.settings import DEFAULT_SYSTEM_PROMPT, SamplingSettings
-from pages import common
+from pages import common, explain_panel
 
 EXAMPLES = [
     "What is the capital of Australia?",
@@ -66,6 +66,15 @@ def show_message(message: Message) -> None:
             st.caption(f"ℹ️ {message.notice}")
         if message.trace is not None:
             footer(message)
+            explain_controls(message)
+        if message.alternatives:
+            with st.expander(f"Other takes of this reply ({len(message.alternatives)})"):
+                for k, take in enumerate(message.alternatives, 1):
+                    how = "branch" if take.trace and take.trace.branch_of else "earlier take"
+                    st.markdown(f"**Take {k}** ({how})")
+                    st.markdown(take.content if take.content.strip() else "*(empty)*")
+                    if take.trace is not None:
+                        explain_controls(take)
 
 
 def footer(message: Message) -> None:
@@ -82,6 +91,12 @@ def footer(message: Message) -> None:
     if message.alternatives:
         bits.append(f"{len(message.alternatives)} other take(s) kept")
     st.caption(" · ".join(bits))
+
+
+def explain_controls(message: Message) -> None:
+    """The per-message Explain toggle; the panel itself lives in pages/explain_panel.py."""
+    if st.toggle("Explain", key=f"explain.toggle.{message.id}", help="Show how the model wrote this reply"):
+        explain_panel.show(message)
 
 
 def generate_reply(previous: Message | None = None) -> None:
@@ -110,7 +125,8 @@ def generate_reply(previous: Message | None = None) -> None:
     with st.chat_message("assistant"):
         for note in prompt.notices:
             st.caption(f"ℹ️ {note}")
-        st.button("⏹ Stop", key="chat.stop", help="Stop the reply here and keep what was written.")
+        stop_slot = st.empty()
+        stop_slot.button("⏹ Stop", key="chat.stop", help="Stop the reply here and keep what was written.")
         waiting = st.empty()
         chunks = stream(
             lm, trace, on_wait=lambda: waiting.info("Waiting for the model: another reply is being written…")
@@ -127,7 +143,9 @@ def generate_reply(previous: Message | None = None) -> None:
                 st.write_stream(pieces())
             finally:
                 reply.content = trace.text
+        stop_slot.empty()
         footer(reply)
+        explain_controls(reply)
 
 
 # -- the conversation ------------------------------------------------------------------------
