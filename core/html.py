@@ -114,3 +114,64 @@ def probability_legend() -> list[tuple[str, str]]:
         (probability_colour(p), label)
         for p, label in [(0.05, "< 10%"), (0.3, "30%"), (0.6, "60%"), (0.95, "> 90%")]
     ]
+
+
+def architecture_svg(model_name: str, n_layers: int) -> str:
+    """An inline SVG contrasting an encoder-decoder transformer with this decoder-only model.
+
+    Left: the encoder reads the whole input; the decoder writes and looks back at the encoder
+    through cross-attention. Right: one stack reads prompt and reply as one sequence and writes
+    the next token, which is appended and read again. Every label goes through esc().
+    """
+
+    def box(x: int, y: int, w: int, h: int, fill: str, label: str, sub: str = "") -> str:
+        text = f'<text x="{x + w / 2}" y="{y + h / 2 - (6 if sub else -4)}" text-anchor="middle" font-weight="600">{esc(label)}</text>'
+        if sub:
+            text += f'<text x="{x + w / 2}" y="{y + h / 2 + 12}" text-anchor="middle" font-size="11" fill="#475569">{esc(sub)}</text>'
+        return f'<rect x="{x}" y="{y}" width="{w}" height="{h}" rx="8" fill="{fill}" stroke="#334155"/>{text}'
+
+    def label(
+        x: float, y: float, text: str, size: int = 12, colour: str = "#111", anchor: str = "middle"
+    ) -> str:
+        return f'<text x="{x}" y="{y}" text-anchor="{anchor}" font-size="{size}" fill="{colour}">{esc(text)}</text>'
+
+    def arrow(x1: float, y1: float, x2: float, y2: float, colour: str = "#334155") -> str:
+        return f'<line x1="{x1}" y1="{y1}" x2="{x2}" y2="{y2}" stroke="{colour}" stroke-width="2" marker-end="url(#gb-arrow)"/>'
+
+    parts = [
+        '<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 760 300" width="100%" '
+        'style="max-width:760px;font-family:system-ui,sans-serif;font-size:13px" role="img" '
+        f'aria-label="{esc("Encoder-decoder versus decoder-only transformers")}">',
+        '<defs><marker id="gb-arrow" viewBox="0 0 10 10" refX="9" refY="5" markerWidth="7" markerHeight="7" '
+        'orient="auto-start-reverse"><path d="M0,0 L10,5 L0,10 z" fill="#334155"/></marker></defs>',
+        # left: encoder-decoder
+        label(180, 22, "Encoder-decoder (original Transformer, T5)", 13, "#111"),
+        box(30, 90, 130, 110, "#e0f2fe", "Encoder", "reads the whole input"),
+        box(210, 90, 130, 110, "#fef3c7", "Decoder", "writes the output"),
+        arrow(160, 145, 208, 145, "#b45309"),
+        label(185, 135, "cross-", 11, "#b45309"),
+        label(185, 165, "attention", 11, "#b45309"),
+        label(95, 240, "input: “Wie geht es dir?”", 12, "#0369a1"),
+        arrow(95, 225, 95, 202),
+        label(275, 240, "output so far", 12, "#92400e"),
+        arrow(275, 225, 275, 202),
+        arrow(275, 90, 275, 62),
+        label(275, 55, "next word", 12),
+        label(180, 280, "two stacks: one reads, one writes", 12, "#475569"),
+        # divider
+        '<line x1="380" y1="35" x2="380" y2="285" stroke="#cbd5e1" stroke-dasharray="4 4"/>',
+        # right: decoder-only
+        label(550, 22, f"Decoder-only (this model: {model_name})", 13, "#111"),
+        box(465, 80, 170, 120, "#fef3c7", f"{n_layers} decoder blocks", "masked self-attention + MLP"),
+        label(550, 240, "prompt + reply so far, one sequence", 12, "#92400e"),
+        arrow(550, 225, 550, 202),
+        arrow(550, 80, 550, 52),
+        label(550, 45, "next token", 12),
+        '<path d="M 620 45 C 745 45, 745 240, 668 240" fill="none" stroke="#16a34a" stroke-width="2" '
+        'stroke-dasharray="5 3" marker-end="url(#gb-arrow)"/>',
+        label(702, 150, "appended,", 11, "#16a34a", "end"),
+        label(702, 164, "read again", 11, "#16a34a", "end"),
+        label(550, 280, "one stack reads and writes: no encoder", 12, "#475569"),
+        "</svg>",
+    ]
+    return "".join(parts)

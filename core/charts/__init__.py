@@ -1,0 +1,1 @@
+"""Altair chart builders: one function per chart, DataFrame in and chart out."""
