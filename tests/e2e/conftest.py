@@ -18,6 +18,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 SHOTS = ROOT / "artifacts" / "screenshots"
+LOGS = ROOT / "artifacts" / "logs"
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = [
     "--headless",
@@ -41,7 +42,11 @@ def start_server(
 ) -> tuple[subprocess.Popen, str]:
     """Start the app on a free loopback port and wait for /_stcore/health."""
     port = _free_port()
-    env = {**os.environ, **(env_extra or {})}
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", **(env_extra or {})}
+    # The server log goes to a file: an unread pipe fills up and would freeze the server.
+    LOGS.mkdir(parents=True, exist_ok=True)
+    log_path = LOGS / f"server-{port}.log"
+    log = open(log_path, "w")  # noqa: SIM115 - closed by stop_server
     proc = subprocess.Popen(
         [
             sys.executable,
@@ -60,22 +65,25 @@ def start_server(
         ],
         cwd=ROOT,
         env=env,
-        stdout=subprocess.PIPE,
+        stdout=log,
         stderr=subprocess.STDOUT,
         text=True,
     )
+    proc.log_path = log_path  # type: ignore[attr-defined]
+    proc.log_file = log  # type: ignore[attr-defined]
     url = f"http://127.0.0.1:{port}"
     deadline = time.time() + timeout
     while time.time() < deadline:
         if proc.poll() is not None:
-            raise RuntimeError(f"streamlit exited early:\n{proc.stdout.read()}")
+            log.close()
+            raise RuntimeError(f"streamlit exited early:\n{log_path.read_text()}")
         try:
             with urllib.request.urlopen(f"{url}/_stcore/health", timeout=2) as r:
                 if r.status == 200:
                     return proc, url
         except OSError:
             time.sleep(0.3)
-    proc.kill()
+    stop_server(proc)
     raise RuntimeError("streamlit did not become healthy in time")
 
 
@@ -85,13 +93,29 @@ def stop_server(proc: subprocess.Popen) -> None:
         proc.wait(timeout=10)
     except subprocess.TimeoutExpired:
         proc.kill()
+        proc.wait(timeout=10)
+    log = getattr(proc, "log_file", None)
+    if log is not None:
+        log.close()
+
+
+def server_log(proc: subprocess.Popen) -> str:
+    """Everything the server printed so far (tracebacks land here, never in the browser)."""
+    path = getattr(proc, "log_path", None)
+    return path.read_text(errors="replace") if path else ""
 
 
 @pytest.fixture(scope="session")
-def app_url():
+def app_server():
+    """(process, url) of the shared test server: for tests that watch the process itself."""
     proc, url = start_server()
-    yield url
+    yield proc, url
     stop_server(proc)
+
+
+@pytest.fixture(scope="session")
+def app_url(app_server):
+    return app_server[1]
 
 
 @pytest.fixture(scope="session")
@@ -150,3 +174,78 @@ def screenshot(page, name: str) -> Path:
 
 def chromium_available() -> bool:
     return Path(CHROMIUM).exists() or shutil.which("chromium") is not None
+
+
+# -- helpers for the hardening suites (hostile input, concurrency, faults, journeys) ------------
+
+# Hostile payloads set this window property if they ever run; it must stay unset.
+FLAG = "__glassboxPwned"
+
+
+def new_session(browser, url: str, path: str = ""):
+    """A fresh browser context (its own Streamlit session) on the app. Returns (context, page)."""
+    context = browser.new_context(viewport={"width": 1400, "height": 1000})
+    pg = context.new_page()
+    pg.set_default_timeout(60_000)
+    pg.goto(url + path)
+    wait_idle(pg)
+    return context, pg
+
+
+def flag_value(page):
+    """The value hostile scripts would have set on window (None if none ran), in every frame."""
+    values = []
+    for frame in page.frames:
+        try:
+            values.append(frame.evaluate(f"() => window.{FLAG} ?? null"))
+        except Exception:  # a cross-origin or detached frame cannot be read (nor could it run ours)
+            continue
+    return next((v for v in values if v is not None), None)
+
+
+def set_slider(page, label: str, presses: list[str]) -> str:
+    """Move the sidebar slider whose label starts with `label` by keyboard; returns its value."""
+    slider = page.locator('[data-testid="stSlider"]').filter(has_text=label).first
+    thumb = slider.locator('input[type="range"]')
+    thumb.focus()
+    for key in presses:
+        thumb.press(key)
+    thumb.blur()  # the new value is sent when the slider is released
+    page.wait_for_timeout(300)
+    wait_idle(page)
+    return thumb.input_value()
+
+
+def quick_replies(page, max_new_tokens: int = 8, greedy: bool = True) -> None:
+    """Short, deterministic replies: temperature 0 and a small token limit (keeps tests fast).
+
+    The token slider runs 8, 16, ... in steps of 8.
+    """
+    if greedy:
+        set_slider(page, "Temperature", ["Home"])
+    steps = max(0, (max_new_tokens - 8) // 8)
+    set_slider(page, "Maximum new tokens", ["Home", *(["ArrowRight"] * steps)])
+
+
+def chat_texts(page) -> list[str]:
+    """The visible text of every chat message, in order."""
+    return page.locator('[data-testid="stChatMessage"]').all_inner_texts()
+
+
+def start_send(page, text: str) -> None:
+    """Type a message and press Enter without waiting for the reply."""
+    box = page.locator('[data-testid="stChatInput"] textarea')
+    box.fill(text)
+    box.press("Enter")
+
+
+def go_to(page, title: str) -> None:
+    """Open another page through the sidebar menu (keeps the session, unlike page.goto)."""
+    page.locator('[data-testid="stSidebarNav"] a').filter(has_text=title).first.click()
+    page.wait_for_timeout(300)
+    wait_idle(page)
+
+
+def nav_titles(page) -> list[str]:
+    """The titles in the sidebar menu: the pages that exist right now."""
+    return [t.strip() for t in page.locator('[data-testid="stSidebarNav"] a').all_inner_texts()]
