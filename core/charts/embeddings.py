@@ -1,0 +1,137 @@
+"""Altair charts for the embeddings page: similarity heatmaps, 2D maps, ranked bars.
+
+DataFrames in (from core.explain.embeddings), charts out. Every mark carries a tooltip with
+the exact value; the token map carries a point selection named TOKEN_SELECTION.
+"""
+
+from __future__ import annotations
+
+import altair as alt
+import pandas as pd
+
+TOKEN_SELECTION = "token"  # the scatter's point selection; the page reads event.selection[...]
+ROLE_COLOURS = {"system": "#64748b", "user": "#2563eb", "assistant": "#16a34a"}
+SIMILARITY_SCALE = alt.Scale(scheme="blueorange", domain=[-1, 1], domainMid=0)
+
+
+def similarity_heatmap(
+    frame: pd.DataFrame, title: str, highlight: int | None = None, cell: int = 14
+) -> alt.Chart:
+    """A cosine-similarity heatmap from similarity_frame's long form.
+
+    Axes keep the sequence order (by `row`/`col` position). highlight: a position whose row
+    and column stay opaque while the rest fades, so a token picked on the map stands out.
+    """
+    order = frame.drop_duplicates("row").sort_values("row")["row_label"].tolist()
+    n = len(order)
+    opacity = (
+        alt.condition(
+            (alt.datum.row == highlight) | (alt.datum.col == highlight), alt.value(1.0), alt.value(0.25)
+        )
+        if highlight is not None
+        else alt.value(1.0)
+    )
+    return (
+        alt.Chart(frame, title=title)
+        .mark_rect()
+        .encode(
+            x=alt.X("col_label:N", sort=order, title=None, axis=alt.Axis(labelAngle=-60, labelLimit=90)),
+            y=alt.Y("row_label:N", sort=order, title=None, axis=alt.Axis(labelLimit=120)),
+            color=alt.Color("similarity:Q", scale=SIMILARITY_SCALE, title="cosine"),
+            opacity=opacity,
+            tooltip=[
+                alt.Tooltip("row_label:N", title="row"),
+                alt.Tooltip("col_label:N", title="column"),
+                alt.Tooltip("similarity:Q", title="cosine similarity", format=".4f"),
+            ],
+        )
+        .properties(width=max(160, cell * n), height=max(160, cell * n))
+    )
+
+
+def token_scatter(
+    frame: pd.DataFrame, explained: tuple[float, float], highlight: int | None = None
+) -> alt.Chart:
+    """A 2D PCA map of tokens with text labels; clicking a point selects its position.
+
+    frame: token_map's columns (position, token, x, y).
+    """
+    pick = alt.selection_point(name=TOKEN_SELECTION, fields=["position"], on="click", clear="dblclick")
+    base = alt.Chart(frame).encode(
+        x=alt.X("x:Q", title=f"PC1 ({explained[0]:.0%} of the variance)", axis=alt.Axis(labels=False)),
+        y=alt.Y("y:Q", title=f"PC2 ({explained[1]:.0%} of the variance)", axis=alt.Axis(labels=False)),
+        tooltip=[alt.Tooltip("token:N"), alt.Tooltip("position:Q")],
+    )
+    colour = (
+        alt.condition(alt.datum.position == highlight, alt.value("#e11d48"), alt.value("#2563eb"))
+        if highlight is not None
+        else alt.value("#2563eb")
+    )
+    points = base.mark_circle(size=70).encode(color=colour, opacity=alt.value(0.8)).add_params(pick)
+    labels = base.mark_text(align="left", dx=6, dy=-4, fontSize=11, color="#334155").encode(text="token:N")
+    return (points + labels).properties(height=420, title="The message's tokens, projected to 2D (PCA)")
+
+
+def neighbour_bars(frame: pd.DataFrame, title: str) -> alt.Chart:
+    """Horizontal bars of nearest_to_vector's result, best first."""
+    order = frame["token"].tolist()
+    return (
+        alt.Chart(frame, title=title)
+        .mark_bar()
+        .encode(
+            x=alt.X("similarity:Q", title="cosine similarity", scale=alt.Scale(domain=[0, 1])),
+            y=alt.Y("token:N", sort=order, title=None),
+            tooltip=[
+                alt.Tooltip("rank:Q"),
+                alt.Tooltip("token:N"),
+                alt.Tooltip("token_id:Q", title="token id"),
+                alt.Tooltip("similarity:Q", format=".4f"),
+            ],
+        )
+        .properties(height=max(120, 22 * len(frame)))
+    )
+
+
+def message_scatter(frame: pd.DataFrame, explained: tuple[float, float]) -> alt.Chart:
+    """The conversation's messages (or sentences) on a 2D PCA map, coloured by role."""
+    base = alt.Chart(frame).encode(
+        x=alt.X("x:Q", title=f"PC1 ({explained[0]:.0%} of the variance)", axis=alt.Axis(labels=False)),
+        y=alt.Y("y:Q", title=f"PC2 ({explained[1]:.0%} of the variance)", axis=alt.Axis(labels=False)),
+        tooltip=[
+            alt.Tooltip("role:N"),
+            alt.Tooltip("text:N"),
+            alt.Tooltip("message_index:Q", title="message"),
+        ],
+    )
+    roles = list(ROLE_COLOURS)
+    points = base.mark_circle(size=110).encode(
+        color=alt.Color("role:N", scale=alt.Scale(domain=roles, range=[ROLE_COLOURS[r] for r in roles]))
+    )
+    labels = base.mark_text(align="left", dx=7, dy=-5, fontSize=11, color="#334155", limit=180).encode(
+        text="label:N"
+    )
+    return (points + labels).properties(height=420, title="The conversation on a 2D map (PCA)")
+
+
+def ranking_bars(frame: pd.DataFrame, title: str) -> alt.Chart:
+    """reply_about's ranking as bars coloured by role."""
+    order = frame["label"].tolist()
+    roles = list(ROLE_COLOURS)
+    return (
+        alt.Chart(frame, title=title)
+        .mark_bar()
+        .encode(
+            x=alt.X(
+                "similarity:Q", title="cosine similarity to the reply", scale=alt.Scale(domain=[-0.2, 1])
+            ),
+            y=alt.Y("label:N", sort=order, title=None, axis=alt.Axis(labelLimit=320)),
+            color=alt.Color("role:N", scale=alt.Scale(domain=roles, range=[ROLE_COLOURS[r] for r in roles])),
+            tooltip=[
+                alt.Tooltip("rank:Q"),
+                alt.Tooltip("role:N"),
+                alt.Tooltip("text:N"),
+                alt.Tooltip("similarity:Q", format=".4f"),
+            ],
+        )
+        .properties(height=max(120, 24 * len(frame)))
+    )

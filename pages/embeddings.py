@@ -1,0 +1,221 @@
+"""Embeddings: words and messages as vectors, and which vectors are close."""
+
+from __future__ import annotations
+
+import streamlit as st
+
+from core.charts import embeddings as charts
+from core.explain import embeddings as emb
+from pages import common
+
+VIEWS = ["Token similarity", "Nearest words", "Analogy", "Conversation", "Free text"]
+MAX_TOKENS = 60  # tokens per heatmap; longer messages get a window slider
+MAX_UNITS = 60  # messages or sentences per conversation heatmap
+FREE_TEXT = "The cat sat on the mat.\nA kitten rests on a rug.\nStock prices fell sharply today."
+
+lm = common.chat_model()
+common.model_badge(lm)
+st.title("🧭 Embeddings: text as vectors")
+st.caption(
+    "A model reads every token as a list of numbers, a vector. Vectors that point the same way "
+    "(cosine similarity near 1) stand for things the model treats as alike."
+)
+
+
+def view_picker() -> str:
+    choice = st.segmented_control("View", VIEWS, default=VIEWS[0], key="embeddings.view")
+    return choice or VIEWS[0]
+
+
+def window(n: int, key: str) -> tuple[int, int]:
+    """[start, end) of at most MAX_TOKENS positions; a slider appears when n is larger."""
+    if n <= MAX_TOKENS:
+        return 0, n
+    start = st.slider(
+        f"Tokens shown (a window of {MAX_TOKENS} of {n})", 0, n - MAX_TOKENS, n - MAX_TOKENS, key=key
+    )
+    return start, start + MAX_TOKENS
+
+
+def selected_position(event) -> int | None:
+    """The token position clicked on the map, if any."""
+    points = (event or {}).get("selection", {}).get(charts.TOKEN_SELECTION) or []
+    if points and isinstance(points[0], dict) and "position" in points[0]:
+        return int(points[0]["position"])
+    return None
+
+
+def token_view() -> None:
+    ref = common.reply_picker("embeddings.reply")
+    if ref is None:
+        return
+    trace = ref.message.trace
+    parts = emb.message_parts(trace, common.messages())
+    pick = st.selectbox(
+        "Message to show (as the model read it before this reply)",
+        range(len(parts)),
+        index=len(parts) - 1,
+        format_func=lambda i: parts[i].label,
+        key="embeddings.part",
+    )
+    part = parts[pick]
+    if part.end == part.start:
+        st.info("This message has no tokens.")
+        return
+    layer = st.slider(
+        "Which vectors: 0 = input embeddings, L = hidden state after layer L",
+        0,
+        lm.n_layers,
+        0,
+        key="embeddings.layer",
+        help="Layer 0 gives the same vector to the same token wherever it stands. Later layers mix "
+        "in the tokens before it, so the same word gets different vectors in different contexts.",
+    )
+    if layer == 0:
+        vectors = emb.token_vectors(lm, trace, part, 0)  # (n, d)
+    else:
+        with st.spinner(f"Running the model once over all {len(trace.full_ids):,} tokens of this reply…"):
+            vectors = emb.token_vectors(lm, trace, part, layer)  # (n, d)
+    start, end = window(part.end - part.start, "embeddings.window")
+    ids = trace.full_ids[part.start + start : part.start + end]
+    labels = emb.token_labels(lm, ids)
+    positions = list(range(start, end))
+    shown = vectors[start:end]  # (w, d)
+    what = "input embeddings" if layer == 0 else f"hidden states after layer {layer}"
+
+    heat_box = st.container()
+    projection = emb.pca_2d(shown)
+    st.caption(
+        f"The two axes keep {projection.explained[0]:.1%} + {projection.explained[1]:.1%} = "
+        f"{sum(projection.explained):.1%} of the variance of these {len(ids)} vectors "
+        f"({shown.shape[1]} numbers each). Click a token to highlight it in the heatmap; double-click "
+        "to clear."
+    )
+    previous = st.session_state.get("embeddings.map")
+    highlight = selected_position(previous)
+    event = st.altair_chart(
+        charts.token_scatter(emb.token_map(labels, positions, projection), projection.explained, highlight),
+        key="embeddings.map",
+        on_select="rerun",
+        selection_mode=charts.TOKEN_SELECTION,
+    )
+    highlight = selected_position(event)
+    with heat_box:
+        frame = emb.similarity_frame(labels, emb.cosine_matrix(shown), positions)
+        st.altair_chart(
+            charts.similarity_heatmap(frame, f"Cosine similarity of the {what}", highlight, cell=12)
+        )
+    if highlight is not None and start <= highlight < end:
+        token_id = ids[highlight - start]
+        st.markdown(
+            f"**Nearest words to `{labels[highlight - start]}`** in the whole vocabulary (input embeddings)"
+        )
+        st.dataframe(emb.nearest_tokens(lm, token_id, 10), hide_index=True)
+
+
+def nearest_view() -> None:
+    st.markdown(
+        f"Type a word to find the tokens whose **input embeddings** point most nearly the same way, "
+        f"searching all {lm.vocab_size:,} tokens of the vocabulary."
+    )
+    word = st.text_input("Word", "Paris", key="embeddings.word", max_chars=60)
+    space = st.checkbox(
+        "Read it as a word inside a sentence (with a leading space)", True, key="embeddings.space"
+    )
+    ids = emb.word_ids(lm, word, space)
+    if not ids:
+        st.info("Type a word above.")
+        return
+    labels = emb.token_labels(lm, ids)
+    if len(ids) > 1:
+        st.caption(f"This is {len(ids)} tokens ({' + '.join(labels)}); their vectors are averaged.")
+    result = emb.nearest_to_vector(lm, emb.word_vector(lm, ids), 15)
+    st.altair_chart(charts.neighbour_bars(result, f"Nearest tokens to {' '.join(labels)}"))
+
+
+def analogy_view() -> None:
+    st.markdown("**a − b + c**: start at *a*, take away what *b* means, add what *c* means.")
+    cols = st.columns(3)
+    a = cols[0].text_input("a", "king", key="embeddings.a", max_chars=40)
+    b = cols[1].text_input("− b", "man", key="embeddings.b", max_chars=40)
+    c = cols[2].text_input("+ c", "woman", key="embeddings.c", max_chars=40)
+    try:
+        result = emb.analogy(lm, a, b, c, 10)
+    except ValueError as exc:
+        st.info(str(exc))
+        return
+    st.altair_chart(charts.neighbour_bars(result, f"{a} − {b} + {c} ≈ …"))
+    st.caption(emb.ANALOGY_NOTE)
+
+
+def conversation_view() -> None:
+    messages = [m for m in common.messages() if m.content.strip()]
+    if len(messages) < 2:
+        st.info("There is not enough conversation yet. Chat on the **Chat** page first, then come back.")
+        st.page_link("pages/chat.py", label="Go to the chat", icon="💬")
+        return
+    by = st.radio(
+        "Compare",
+        ["message", "sentence"],
+        horizontal=True,
+        key="embeddings.by",
+        format_func=lambda x: f"every {x}",
+    )
+    embedder = common.embedder()
+    units = emb.conversation_units(common.messages(), by)
+    if len(units) > MAX_UNITS:
+        st.caption(f"Showing the last {MAX_UNITS} of {len(units)} {by}s.")
+        units = units.tail(MAX_UNITS).reset_index(drop=True)
+    vectors = emb.sentence_vectors(embedder, units["text"].tolist())  # (n, 384)
+    st.caption("Vectors from the sentence-embedding model all-MiniLM-L6-v2 (384 numbers per text).")
+    frame = emb.similarity_frame(units["label"].tolist(), emb.cosine_matrix(vectors), units["unit"].tolist())
+    st.altair_chart(charts.similarity_heatmap(frame, f"Cosine similarity of every {by}", cell=22))
+    points, projection = emb.message_map(units, vectors)
+    st.altair_chart(charts.message_scatter(points, projection.explained))
+    st.caption(f"The two axes keep {sum(projection.explained):.0%} of the variance.")
+
+    st.subheader("What was this reply about?")
+    replies = [i for i, m in enumerate(common.messages()) if m.role == "assistant" and m.content.strip()]
+    if not replies:
+        st.info("There is no reply yet.")
+        return
+    chosen = st.selectbox(
+        "Reply",
+        replies,
+        index=len(replies) - 1,
+        key="embeddings.about",
+        format_func=lambda i: f"message {i}: {common.messages()[i].content[:60]}",
+    )
+    reply_vec = emb.sentence_vectors(embedder, [common.messages()[chosen].content.strip()])[0]
+    ranking = emb.reply_about(units, vectors, reply_vec, chosen)
+    if ranking.empty:
+        st.info("Nothing comes before this reply.")
+        return
+    st.altair_chart(charts.ranking_bars(ranking, f"Earlier {by}s, closest to the reply first"))
+
+
+def free_text_view() -> None:
+    text = st.text_area("One sentence per line (two or more)", FREE_TEXT, key="embeddings.free", height=140)
+    lines = [line for line in text.splitlines() if line.strip()][:MAX_UNITS]
+    if len(lines) < 2:
+        st.info("Type at least two sentences, one per line.")
+        return
+    frame = emb.text_similarity(common.embedder(), lines)
+    st.altair_chart(charts.similarity_heatmap(frame, "Cosine similarity of your sentences", cell=60))
+    pairs = frame[frame["row"] < frame["col"]].sort_values("similarity", ascending=False)
+    st.dataframe(
+        pairs[["row_label", "col_label", "similarity"]].rename(
+            columns={"row_label": "sentence", "col_label": "other sentence"}
+        ),
+        hide_index=True,
+    )
+
+
+VIEW_FUNCTIONS = {
+    "Token similarity": token_view,
+    "Nearest words": nearest_view,
+    "Analogy": analogy_view,
+    "Conversation": conversation_view,
+    "Free text": free_text_view,
+}
+VIEW_FUNCTIONS[view_picker()]()
