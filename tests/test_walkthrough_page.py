@@ -84,3 +84,14 @@ def test_without_a_reply_the_page_says_what_to_do(lm):
     at.switch_page(PAGE).run()
     assert not at.exception
     assert any("no reply to explain" in i.value for i in at.info)
+
+
+def test_about_page_names_the_model_and_links_the_pages(lm):
+    at = AppTest.from_file(APP, default_timeout=180).run()
+    at.switch_page("pages/about.py").run()
+    assert not at.exception
+    metrics = {m.label: m.value for m in at.metric}
+    assert metrics["Model"] == lm.name
+    assert metrics["Parameters"] == f"{lm.n_params / 1e6:.0f} million"
+    assert any("locally on this computer's CPU" in m.value for m in at.markdown)
+    assert {"chat", "walkthrough"} <= {link.proto.page for link in at.get("page_link")}
