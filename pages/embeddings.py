@@ -149,8 +149,8 @@ def analogy_view() -> None:
 
 
 def conversation_view() -> None:
-    messages = [m for m in common.messages() if m.content.strip()]
-    if len(messages) < 2:
+    history = list(common.messages())
+    if sum(1 for m in history if m.content.strip()) < 2:
         st.info("There is not enough conversation yet. Chat on the **Chat** page first, then come back.")
         st.page_link("pages/chat.py", label="Go to the chat", icon="💬")
         return
@@ -162,7 +162,7 @@ def conversation_view() -> None:
         format_func=lambda x: f"every {x}",
     )
     embedder = common.embedder()
-    units = emb.conversation_units(common.messages(), by)
+    units = emb.conversation_units(history, by)
     if len(units) > MAX_UNITS:
         st.caption(f"Showing the last {MAX_UNITS} of {len(units)} {by}s.")
         units = units.tail(MAX_UNITS).reset_index(drop=True)
@@ -175,7 +175,7 @@ def conversation_view() -> None:
     st.caption(f"The two axes keep {sum(projection.explained):.0%} of the variance.")
 
     st.subheader("What was this reply about?")
-    replies = [i for i, m in enumerate(common.messages()) if m.role == "assistant" and m.content.strip()]
+    replies = [i for i, m in enumerate(history) if m.role == "assistant" and m.content.strip()]
     if not replies:
         st.info("There is no reply yet.")
         return
@@ -184,9 +184,9 @@ def conversation_view() -> None:
         replies,
         index=len(replies) - 1,
         key="embeddings.about",
-        format_func=lambda i: f"message {i}: {common.messages()[i].content[:60]}",
+        format_func=lambda i: f"message {i}: {history[i].content[:60]}",
     )
-    reply_vec = emb.sentence_vectors(embedder, [common.messages()[chosen].content.strip()])[0]
+    reply_vec = emb.sentence_vectors(embedder, [history[chosen].content.strip()])[0]
     ranking = emb.reply_about(units, vectors, reply_vec, chosen)
     if ranking.empty:
         st.info("Nothing comes before this reply.")
