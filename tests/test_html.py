@@ -1,0 +1,85 @@
+"""Escaping: a hostile reply shows as literal text in the chips, hover titles and summary."""
+
+from __future__ import annotations
+
+from html.parser import HTMLParser
+
+import pytest
+
+from core.conversation import Message
+from core.explain.candidates import reply_chips
+from core.explain.summary import summarize
+from core.generation import generate, new_trace
+from core.html import chips, esc, probability_legend, text_block
+from core.settings import SamplingSettings
+from core.tokens import readable
+from tests.conftest import make_trace
+
+HOSTILE = [
+    "<script>window.__pwned=1</script>",
+    '<img src=x onerror="window.__pwned=1">',
+    "[x](javascript:window.__pwned=1)",
+    "</div></span></a><b>bold?</b>",
+    "<svg/onload=alert(1)>",
+    '" onmouseover="window.__pwned=1" x="',
+    "<a href='javascript:alert(1)'>click</a>",
+    "&lt;already escaped&gt; & <!-- comment -->",
+]
+
+
+class _Collect(HTMLParser):
+    def __init__(self) -> None:
+        super().__init__(convert_charrefs=True)
+        self.tags: list[tuple[str, dict]] = []
+        self.text: list[str] = []
+
+    def handle_starttag(self, tag, attrs):
+        self.tags.append((tag, dict(attrs)))
+
+    def handle_data(self, data):
+        self.text.append(data)
+
+
+def _parse(markup: str) -> _Collect:
+    p = _Collect()
+    p.feed(markup)
+    return p
+
+
+def _forced_trace(lm, text: str):
+    ids = lm.tokenizer(text, add_special_tokens=False)["input_ids"]
+    base = make_trace(
+        lm, [Message("system", "x"), Message("user", "y")], SamplingSettings(0, max_new_tokens=1)
+    )
+    trace = new_trace(
+        lm, base.prompt_ids, base.spans, SamplingSettings(temperature=0, max_new_tokens=len(ids))
+    )
+    return generate(lm, trace, forced=ids)
+
+
+@pytest.mark.parametrize("hostile", HOSTILE)
+def test_hostile_reply_stays_literal_in_chips(lm, hostile):
+    trace = _forced_trace(lm, hostile)
+    assert trace.text == hostile
+    markup = chips(reply_chips(lm.tokenizer, trace, marked=1), probability_legend())
+    parsed = _parse(markup)
+    allowed = {"style", "div", "span"}
+    assert {t for t, _ in parsed.tags} <= allowed, parsed.tags
+    for _, attrs in parsed.tags:
+        assert not any(k.startswith("on") or k == "href" for k in attrs)
+    # every chip's literal text is in the page text, exactly (spaces shown as ·)
+    shown = "".join(parsed.text)
+    for tid in trace.output_ids:
+        assert readable(lm.tokenizer, tid) in shown
+    assert hostile.replace(" ", "·").replace("\n", "↵") in shown
+    # the hover titles hold the top-5 text, escaped into the attribute
+    assert all(
+        "title" in attrs for t, attrs in parsed.tags if t == "span" and "gb-chip" in attrs.get("class", "")
+    )
+    # the summary quotes model text; as a text block it stays literal too
+    block = _parse(text_block(summarize(lm.tokenizer, trace)))
+    assert [t for t, _ in block.tags] == ["p"]
+
+
+def test_esc_covers_quotes_and_angle_brackets():
+    assert esc('<a href="x">\'') == "&lt;a href=&quot;x&quot;&gt;&#x27;"
