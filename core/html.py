@@ -175,3 +175,9 @@ def architecture_svg(model_name: str, n_layers: int) -> str:
         "</svg>",
     ]
     return "".join(parts)
+
+
+def text_block(text: str, caption: bool = False) -> str:
+    """Plain text as a paragraph (model text inside stays literal; no markdown is applied)."""
+    style = "font-size:.9rem;color:#444" if caption else ""
+    return f'<p class="gb-text" style="{style}">{esc(text)}</p>'
