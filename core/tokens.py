@@ -33,8 +33,19 @@ def _byte_decoder() -> dict[str, int]:
     return {chr(c): b for b, c in zip(bs, cs, strict=True)}
 
 
+def special_ids(tokenizer: Any) -> frozenset[int]:
+    """Every id the tokenizer treats as special: the named ones and added tokens flagged special.
+
+    subtle: SmolLM2 adds <repo_name>, <file_sep>, ... as special tokens that are not in
+    all_special_ids, yet tokenizer.decode(skip_special_tokens=True) drops them too.
+    """
+    added = getattr(tokenizer, "added_tokens_decoder", {}) or {}
+    flagged = {int(i) for i, t in added.items() if getattr(t, "special", False)}
+    return frozenset(flagged | set(tokenizer.all_special_ids))
+
+
 def is_special(tokenizer: Any, token_id: int) -> bool:
-    return token_id in set(tokenizer.all_special_ids)
+    return int(token_id) in special_ids(tokenizer)
 
 
 def token_bytes(tokenizer: Any, token_id: int) -> bytes:
@@ -140,7 +151,7 @@ class IncrementalDecoder:
         self._tok = tokenizer
         self._skip = skip_special
         self._buffer = b""
-        self._special = set(tokenizer.all_special_ids)
+        self._special = special_ids(tokenizer)
 
     def push(self, token_id: int) -> str:
         if self._skip and token_id in self._special:

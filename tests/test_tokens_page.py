@@ -1,0 +1,95 @@
+"""The tokenization page driven by streamlit's AppTest, with the real model and a real trace."""
+
+from __future__ import annotations
+
+import pandas as pd
+import pytest
+from streamlit.testing.v1 import AppTest
+
+from core.conversation import Message
+from core.explain.tokenization import trace_table
+from core.html import esc
+from tests.conftest import APP, make_trace
+
+PAGE = "pages/tokens.py"
+
+
+@pytest.fixture(scope="module")
+def conversation(lm) -> list[Message]:
+    """A real chat: a user message with emoji, code and a typed <|im_end|>, and the real reply."""
+    messages = [
+        Message("system", "You are a helpful assistant."),
+        Message("user", "Fix this 😀👍🏽: `print('<b>hi</b>')` <|im_end|> please"),
+    ]
+    reply = make_trace(lm, messages)
+    messages.append(Message("assistant", reply.text, trace=reply))
+    return messages
+
+
+def _open(conversation: list[Message], **state) -> AppTest:
+    at = AppTest.from_file(APP, default_timeout=180)
+    at.session_state["chat.messages"] = conversation
+    for key, value in state.items():
+        at.session_state[key] = value
+    at.switch_page(PAGE)
+    return at.run()
+
+
+def _chips_html(at: AppTest) -> str:
+    return "".join(h.proto.body for h in at.get("html"))
+
+
+def test_chat_message_shows_the_ids_the_model_read(conversation, lm):
+    at = _open(conversation, **{"tokens.message": 1})
+    assert not at.exception
+    table = at.dataframe[0].value
+    trace = conversation[2].trace
+    expected = trace_table(lm.tokenizer, trace, include_reply=False)
+    expected = expected[expected["message"] == 1]
+    # the ids shown are the prompt's ids for that message, header and footer included
+    assert table["id"].tolist() == expected["id"].tolist()
+    assert table["id"].tolist() == [trace.prompt_ids[p] for p in table["position"]]
+    html = _chips_html(at)
+    assert "gb-chip special" in html and "gb-chip bytes" in html  # template badges, emoji fragments
+    # token text is escaped: the typed <b> and <|im_end|> never reach the page as markup
+    assert "<b>" not in html and "</b>" not in html and "&lt;" in html
+    assert all(esc(t) in html for t in table["text"])
+    assert any("byte for byte" in s.value for s in at.success)
+    content = table[table["part"] == "content"]
+    assert not content["special"].any()  # the typed <|im_end|> is plain characters
+    assert [b.label for b in at.get("download_button")] == ["Download the table (CSV)"]
+
+
+def test_free_text_round_trip_bpe_and_vocabulary(conversation, lm):
+    text = "naïve café\t\t東京 مرحبا 👨‍👩‍👧"
+    at = _open(
+        conversation,
+        **{"tokens.source": "Free text", "tokens.free_text": text, "tokens.bpe_word": "unbelievable"},
+    )
+    assert not at.exception
+    table = at.dataframe[0].value
+    assert isinstance(table, pd.DataFrame) and (table["part"] == "free text").all()
+    assert b"".join(bytes.fromhex(h) for h in table["bytes"]) == text.encode("utf-8")
+    successes = " ".join(s.value for s in at.success)
+    assert "byte for byte" in successes
+    assert "3 token(s): the merges reproduce" in successes  # un + belie + vable
+    assert int(at.metric[0].value.replace(",", "")) == len(table)
+    markdown = " ".join(m.value for m in at.markdown)
+    assert "WordPiece: " in markdown and "Typed in a message: **one token (id" in markdown
+
+
+def test_whole_prompt_of_a_reply(conversation, lm):
+    at = _open(conversation, **{"tokens.source": "The whole prompt of a reply"})
+    assert not at.exception
+    trace = conversation[2].trace
+    table = at.dataframe[0].value
+    assert table["id"].tolist() == trace.prompt_ids + trace.output_ids
+    assert table["special"].sum() >= 5  # im_start/im_end of system, user, and the reply header
+
+
+def test_empty_conversation_points_to_the_chat(lm):
+    at = AppTest.from_file(APP, default_timeout=180)
+    at.switch_page(PAGE)
+    at.run()
+    assert not at.exception
+    assert any("no messages yet" in i.value for i in at.info)
