@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import time
 from contextlib import closing
 
 import streamlit as st
 
 from core.conversation import Message, PromptTooLong, build_prompt
 from core.generation import new_trace, stream
+from core.html import markdown_safe
 from core.settings import DEFAULT_SYSTEM_PROMPT, SamplingSettings
 from pages import common, explain_panel
 
@@ -59,7 +61,7 @@ settings = sidebar()
 def show_message(message: Message) -> None:
     """One message as the user sees it, with its notices and (for replies) explain controls."""
     with st.chat_message(message.role):
-        st.markdown(message.content if message.content.strip() else "*(empty reply)*")
+        st.markdown(markdown_safe(message.content) if message.content.strip() else "*(empty reply)*")
         for note in message.trace.notices if message.trace else []:
             st.caption(f"ℹ️ {note}")
         if message.notice:
@@ -72,7 +74,7 @@ def show_message(message: Message) -> None:
                 for k, take in enumerate(message.alternatives, 1):
                     how = "branch" if take.trace and take.trace.branch_of else "earlier take"
                     st.markdown(f"**Take {k}** ({how})")
-                    st.markdown(take.content if take.content.strip() else "*(empty)*")
+                    st.markdown(markdown_safe(take.content) if take.content.strip() else "*(empty)*")
                     if take.trace is not None:
                         explain_controls(take)
 
@@ -140,7 +142,9 @@ def generate_reply(previous: Message | None = None) -> None:
 
         with closing(chunks):  # always release the model, even when the run is interrupted
             try:
-                st.write_stream(pieces())
+                shown = st.empty()  # not st.write_stream: the text must pass markdown_safe as it grows
+                for _ in pieces():
+                    shown.markdown(markdown_safe(reply.content))
             finally:
                 reply.content = trace.text
         stop_slot.empty()
@@ -148,8 +152,22 @@ def generate_reply(previous: Message | None = None) -> None:
         explain_controls(reply)
 
 
+def settle_interrupted(message: Message, timeout: float = 3.0) -> None:
+    """Wait for a reply whose run was just interrupted (Stop, or any click) to finish closing.
+
+    subtle: with fast reruns Streamlit starts the new run on a new thread while the old one is
+    still unwinding, so the old decode loop may not have recorded its ending yet.
+    """
+    deadline = time.monotonic() + timeout
+    while message.trace.finish_reason == "running" and time.monotonic() < deadline:
+        time.sleep(0.05)
+    message.content = message.trace.text
+
+
 # -- the conversation ------------------------------------------------------------------------
 st.title("💬 Glassbox Chat")
+if history[-1].trace is not None and history[-1].trace.finish_reason == "running":
+    settle_interrupted(history[-1])
 for message in history[1:]:
     show_message(message)
 

@@ -1,6 +1,6 @@
 """The chat page in a real browser: a two-turn conversation with streamed replies."""
 
-from tests.e2e.conftest import assert_no_exception, screenshot, send_chat
+from tests.e2e.conftest import assert_no_exception, screenshot, send_chat, wait_idle
 
 
 def test_two_turn_conversation_streams_replies(page):
@@ -13,3 +13,26 @@ def test_two_turn_conversation_streams_replies(page):
     assert "Paris" in replies[0]
     assert_no_exception(page)
     screenshot(page, "chat-two-turns")
+
+
+def test_stop_ends_the_reply_and_keeps_what_was_written(page):
+    box = page.locator('[data-testid="stChatInput"] textarea')
+    box.fill("Write a very long story about a dragon who learns to cook.")
+    box.press("Enter")
+    page.wait_for_function(
+        """() => { const m = document.querySelectorAll('[data-testid=stChatMessage]');
+                   return m.length >= 2 && m[1].innerText.length > 60; }""",
+        timeout=120_000,
+    )
+    page.get_by_role("button", name="⏹ Stop").click()
+    page.wait_for_timeout(500)
+    wait_idle(page)
+    reply = page.locator('[data-testid="stChatMessage"]').nth(1).inner_text()
+    assert "dragon" in reply.lower() or len(reply) > 40
+    assert "stopped by you" in reply
+    assert page.get_by_role("button", name="⏹ Stop").count() == 0
+    assert_no_exception(page)
+    # The model is free again: the next message gets a reply.
+    send_chat(page, "What is 2 + 2?")
+    assert page.locator('[data-testid="stChatMessage"]').count() == 4
+    screenshot(page, "chat-after-stop")
