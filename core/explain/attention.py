@@ -1,0 +1,413 @@
+"""Attention patterns behind a reply: where each token looked, at every layer and head.
+
+One eager-attention forward pass over the reply's whole sequence (prompt + reply) records the
+attention weights. subtle: 30 layers x 9 heads x T^2 floats is 4.5 GB at T = 2048, so the
+weights are never kept for all layers. A forward hook on each attention block reduces that
+layer's (heads, T, T) weights at once to what the page shows, and lets them go:
+
+- head statistics over the reply's rows (entropy, sink, previous token, current question);
+- the reply rows' attention summed by column group (each message's text, template tokens,
+  the reply itself): (layers, heads, reply, groups);
+- a small block-averaged thumbnail of each head for the model view: (layers, heads, k, k);
+- the reply rows averaged over every layer and head: (reply, T);
+- and the full weights of ONE layer, for the head and per-token views: (heads, T, T).
+
+Results are cached per (trace, length) in bounded caches, so revisits are instant and memory
+stays flat. Generation keeps using sdpa: eager attention is switched on only inside this pass,
+with the model lock held for the whole pass.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+import torch
+
+from core.cache import BoundedCache
+from core.models import LoadedModel
+from core.tokens import readable
+from core.trace import Trace
+
+THUMB = 6  # model-view thumbnail side: 30 x 9 heads x 36 cells = 9,720 cells in one chart
+SINK_HEAD = 0.5  # a head whose reply rows give at least this share to the first token
+PREVIOUS_HEAD = 0.5  # ... or to the previous token
+CATEGORIES = ["System prompt", "Earlier turns", "Current question", "Template tokens", "This reply so far"]
+
+_OVERVIEWS: BoundedCache[AttentionOverview] = BoundedCache(max_entries=4)
+_LAYERS: BoundedCache[np.ndarray] = BoundedCache(max_entries=2)  # up to 144 MB each at T = 2,000
+
+
+@dataclass(frozen=True)
+class Group:
+    """A run of context columns that belong together: one message's text, or a kind of token."""
+
+    name: str  # "System prompt", "User (msg 1): What is…", "Template tokens", "This reply"
+    category: str  # one of CATEGORIES
+
+
+@dataclass
+class AttentionOverview:
+    """Everything the page shows that needs every layer, from one pass. Shapes in comments."""
+
+    trace_id: str
+    n_prompt: int  # P: the reply's first token sits at position P
+    labels: list[str]  # (T,) readable token text
+    groups: list[Group]  # (G,)
+    group_of: np.ndarray  # (T,) index into groups for each position
+    grouped: np.ndarray  # (layers, heads, R, G) reply rows' attention summed per group
+    thumbs: np.ndarray  # (layers, heads, k, k) share of a row block's attention per key block
+    reply_mean: np.ndarray  # (R, T) reply rows averaged over every layer and head
+    stats: pd.DataFrame  # one row per (layer, head)
+    seconds: float  # how long the pass took
+
+    @property
+    def n_tokens(self) -> int:
+        return len(self.labels)
+
+    @property
+    def n_reply(self) -> int:
+        return self.n_tokens - self.n_prompt
+
+
+# -- column groups ---------------------------------------------------------------------
+
+
+def token_groups(tokenizer, trace: Trace) -> tuple[list[Group], np.ndarray]:
+    """Group every position of trace.full_ids by conversation turn.
+
+    Each message's text is its own group; every template token (headers, footers, the
+    assistant generation prompt) goes to "Template tokens"; the reply's tokens to "This reply".
+    -> (groups, group_of (T,)).
+    """
+    user_indices = [s.message_index for s in trace.spans if s.role == "user" and s.kind == "content"]
+    current = max(user_indices) if user_indices else None
+    groups: list[Group] = [Group("Template tokens", "Template tokens")]
+    group_of = np.zeros(len(trace.full_ids), dtype=np.int64)
+    for span in trace.spans:
+        if span.kind != "content" or len(span) == 0:
+            continue  # header/footer: template (group 0)
+        if span.role == "system":
+            name, category = "System prompt", "System prompt"
+        else:
+            preview = tokenizer.decode(trace.prompt_ids[span.start : span.end]).strip().replace("\n", " ")
+            preview = preview[:24] + ("…" if len(preview) > 24 else "")
+            name = f"{span.role.capitalize()} (msg {span.message_index}): {preview}"
+            category = "Current question" if span.message_index == current else "Earlier turns"
+        groups.append(Group(name, category))
+        group_of[span.start : span.end] = len(groups) - 1
+    groups.append(Group("This reply", "This reply so far"))
+    group_of[len(trace.prompt_ids) :] = len(groups) - 1
+    return groups, group_of
+
+
+# -- the eager pass --------------------------------------------------------------------
+
+
+class _StopPass(Exception):
+    """Raised from a hook once the last layer a caller needs has been seen."""
+
+
+def attention_modules(model) -> list[torch.nn.Module]:
+    """The attention block of every decoder layer, in order (modules named '*.self_attn')."""
+    return [m for name, m in model.named_modules() if name.endswith("self_attn")]
+
+
+def eager_pass(
+    lm: LoadedModel,
+    ids: list[int],
+    on_layer: Callable[[int, torch.Tensor], None],
+    last_layer: int | None = None,
+) -> None:
+    """Run the model once with eager attention and hand each layer's weights to on_layer.
+
+    on_layer(layer, weights) gets weights of shape (heads, T, T), row = query, column = key.
+    It must not keep them unless it means to. last_layer: stop the pass after this layer.
+    Holds the model lock for the whole pass; the model is back on its own attention
+    implementation (sdpa) before the lock is released, even if the pass fails.
+    """
+    model = lm.model
+    modules = attention_modules(model)
+
+    def hook(layer: int):
+        def run(_module, _args, output) -> None:
+            weights = output[1]  # (1, heads, T, T)
+            if weights is None:
+                raise RuntimeError("the attention block returned no weights; eager attention is off")
+            on_layer(layer, weights[0])
+            if last_layer is not None and layer >= last_layer:
+                raise _StopPass
+
+        return run
+
+    with lm.lock, torch.inference_mode():
+        previous = model.config._attn_implementation
+        handles = [m.register_forward_hook(hook(i)) for i, m in enumerate(modules)]
+        try:
+            model.set_attn_implementation("eager")
+            # The base model only: the vocabulary head is not needed for attention.
+            model.get_decoder()(input_ids=torch.tensor([ids]), use_cache=False)
+        except _StopPass:
+            pass
+        finally:
+            for h in handles:
+                h.remove()
+            model.set_attn_implementation(previous)
+
+
+def _bins(n: int, k: int) -> np.ndarray:
+    """Equal-width bin index for each of n positions, k bins. 10, 3 -> [0 0 0 0 1 1 1 2 2 2]."""
+    return np.minimum((np.arange(n) * k) // max(n, 1), k - 1)
+
+
+def compute_overview(lm: LoadedModel, trace: Trace, keep_layer: int | None = None) -> AttentionOverview:
+    """One eager pass over trace.full_ids -> the overview (and, if asked, one layer's weights).
+
+    The kept layer goes into the layer cache, so the head view needs no second pass.
+    """
+    import time
+
+    ids = trace.full_ids
+    T, P = len(ids), len(trace.prompt_ids)
+    R = T - P
+    if R < 1:
+        raise ValueError("This reply has no tokens yet, so there is no attention to show.")
+    L, H = lm.n_layers, lm.n_heads
+    groups, group_of = token_groups(lm.tokenizer, trace)
+    G = len(groups)
+    k = min(THUMB, T)
+    onehot = torch.zeros(T, G)  # (T, G)
+    onehot[torch.arange(T), torch.from_numpy(group_of)] = 1.0
+    col_bins = torch.zeros(T, k)  # (T, k)
+    col_bins[torch.arange(T), torch.from_numpy(_bins(T, k))] = 1.0
+    row_avg = col_bins.T / col_bins.sum(0, keepdim=True).T  # (k, T): mean over a row block
+    current = [g for g, grp in enumerate(groups) if grp.category == "Current question"]
+    rows = torch.arange(R)
+
+    grouped = np.zeros((L, H, R, G), dtype=np.float32)
+    thumbs = np.zeros((L, H, k, k), dtype=np.float32)
+    reply_sum = torch.zeros(R, T)
+    stat = np.zeros((L, H, 4), dtype=np.float64)  # entropy, sink, previous, question
+    kept: list[np.ndarray] = []
+
+    def on_layer(layer: int, w: torch.Tensor) -> None:
+        w = w.float()  # (H, T, T)
+        reply = w[:, P:, :]  # (H, R, T)
+        by_group = reply @ onehot  # (H, R, G)
+        grouped[layer] = by_group.numpy()
+        thumbs[layer] = (row_avg @ (w @ col_bins)).numpy()  # (k,T) @ (H,T,k) -> (H,k,k)
+        reply_sum.add_(reply.sum(0))
+        entropy = -(reply * torch.log2(reply.clamp_min(1e-30))).sum(-1)  # (H, R)
+        stat[layer, :, 0] = entropy.mean(-1).numpy()
+        stat[layer, :, 1] = reply[:, :, 0].mean(-1).numpy()
+        stat[layer, :, 2] = reply[:, rows, P - 1 + rows].mean(-1).numpy()
+        stat[layer, :, 3] = by_group[:, :, current].sum(-1).mean(-1).numpy() if current else 0.0
+        if layer == keep_layer:
+            kept.append(w.numpy())  # no copy: nothing writes to these weights later
+
+    start = time.perf_counter()
+    eager_pass(lm, ids, on_layer)
+    seconds = time.perf_counter() - start
+    if kept:
+        _LAYERS.get_or_compute(_layer_key(trace, keep_layer), lambda: kept[0])
+    return AttentionOverview(
+        trace_id=trace.trace_id,
+        n_prompt=P,
+        labels=[readable(lm.tokenizer, i) for i in ids],
+        groups=groups,
+        group_of=group_of,
+        grouped=grouped,
+        thumbs=thumbs,
+        reply_mean=(reply_sum / (L * H)).numpy(),
+        stats=_stats_frame(stat),
+        seconds=seconds,
+    )
+
+
+def _stats_frame(stat: np.ndarray) -> pd.DataFrame:
+    L, H, _ = stat.shape
+    df = pd.DataFrame(
+        {
+            "layer": np.repeat(np.arange(L), H),
+            "head": np.tile(np.arange(H), L),
+            "entropy_bits": stat[:, :, 0].ravel(),
+            "first_token": stat[:, :, 1].ravel(),
+            "previous_token": stat[:, :, 2].ravel(),
+            "current_question": stat[:, :, 3].ravel(),
+        }
+    )
+    looks = np.full(len(df), "", dtype=object)
+    looks[df["previous_token"].to_numpy() >= PREVIOUS_HEAD] = "previous-token head"
+    looks[df["first_token"].to_numpy() >= SINK_HEAD] = "sink head"
+    df["looks_like"] = looks
+    return df
+
+
+def compute_layer(lm: LoadedModel, trace: Trace, layer: int) -> np.ndarray:
+    """The full weights of one layer: (heads, T, T). The pass stops after that layer."""
+    if not 0 <= layer < lm.n_layers:
+        raise ValueError(f"layer must be in 0..{lm.n_layers - 1}, got {layer}")
+    kept: list[np.ndarray] = []
+
+    def on_layer(i: int, w: torch.Tensor) -> None:
+        if i == layer:
+            kept.append(w.float().numpy())
+
+    eager_pass(lm, trace.full_ids, on_layer, last_layer=layer)
+    return kept[0]
+
+
+# -- cached entry points ---------------------------------------------------------------
+
+
+def _overview_key(trace: Trace) -> tuple:
+    return ("overview", trace.trace_id, len(trace.full_ids))
+
+
+def _layer_key(trace: Trace, layer: int | None) -> tuple:
+    return ("layer", trace.trace_id, len(trace.full_ids), layer)
+
+
+def overview(lm: LoadedModel, trace: Trace, keep_layer: int | None = None) -> AttentionOverview:
+    """The cached overview of a reply; the first call also keeps `keep_layer`'s weights."""
+    return _OVERVIEWS.get_or_compute(_overview_key(trace), lambda: compute_overview(lm, trace, keep_layer))
+
+
+def layer_weights(lm: LoadedModel, trace: Trace, layer: int) -> np.ndarray:
+    """The cached full weights of one layer: (heads, T, T)."""
+    return _LAYERS.get_or_compute(_layer_key(trace, layer), lambda: compute_layer(lm, trace, layer))
+
+
+def is_cached(trace: Trace, layer: int) -> bool:
+    """True when the page can open this reply and layer without running the model."""
+    return _overview_key(trace) in _OVERVIEWS and _layer_key(trace, layer) in _LAYERS
+
+
+def clear_caches() -> None:
+    _OVERVIEWS.clear()
+    _LAYERS.clear()
+
+
+# -- DataFrames for the views ----------------------------------------------------------
+
+
+def model_view_frame(ov: AttentionOverview) -> pd.DataFrame:
+    """One row per thumbnail cell: layer, head, q_block, k_block, share, relative.
+
+    share: the mean share of attention that the queries in row block q_block gave to keys in
+    column block k_block (each block row sums to 1). relative: share / the head's largest share.
+    """
+    L, H, k, _ = ov.thumbs.shape
+    la, he, qb, kb = np.meshgrid(np.arange(L), np.arange(H), np.arange(k), np.arange(k), indexing="ij")
+    peak = ov.thumbs.max(axis=(2, 3), keepdims=True)
+    rel = np.divide(ov.thumbs, peak, out=np.zeros_like(ov.thumbs), where=peak > 0)
+    return pd.DataFrame(
+        {
+            "layer": la.ravel(),
+            "head": he.ravel(),
+            "q_block": qb.ravel(),
+            "k_block": kb.ravel(),
+            "share": ov.thumbs.ravel(),
+            "relative": rel.ravel(),
+        }
+    )
+
+
+def _axis_label(pos: int, label: str) -> str:
+    return f"{pos} {label}"
+
+
+def head_frame(
+    weights: np.ndarray, labels: list[str], rows: range, cols: range, n_prompt: int
+) -> pd.DataFrame:
+    """One head's weights as long rows: query, key, query_token, key_token, weight.
+
+    weights: (T, T) for one head (or a mean of heads). rows/cols: the positions to include.
+    """
+    q = np.repeat(np.asarray(rows), len(cols))
+    kk = np.tile(np.asarray(cols), len(rows))
+    return pd.DataFrame(
+        {
+            "query": q,
+            "key": kk,
+            "query_token": [_axis_label(i, labels[i]) for i in q],
+            "key_token": [_axis_label(j, labels[j]) for j in kk],
+            "weight": weights[q, kk].astype(np.float64),
+            "in_reply": q >= n_prompt,
+        }
+    )
+
+
+def head_frame_by_group(weights: np.ndarray, ov: AttentionOverview, rows: range) -> pd.DataFrame:
+    """One head's rows with columns summed per group: query, query_token, group, group_name, weight."""
+    G = len(ov.groups)
+    r = np.asarray(rows)
+    sums = np.zeros((len(r), G))
+    np.add.at(sums.T, ov.group_of, weights[r].T)  # (G, rows) += (T, rows) by group
+    return pd.DataFrame(
+        {
+            "query": np.repeat(r, G),
+            "query_token": [_axis_label(i, ov.labels[i]) for i in np.repeat(r, G)],
+            "group": np.tile(np.arange(G), len(r)),
+            "group_name": [g.name for g in ov.groups] * len(r),
+            "weight": sums.ravel(),
+        }
+    )
+
+
+def turn_frame(ov: AttentionOverview, layer: int | None = None, head: int | None = None) -> pd.DataFrame:
+    """For each reply token, its attention split by category (CATEGORIES).
+
+    layer None -> mean over every layer and head; head None -> mean over the layer's heads.
+    -> step, token, category, share (share sums to 1 per step).
+    """
+    g = ov.grouped  # (L, H, R, G)
+    if layer is None:
+        per_group = g.mean(axis=(0, 1))
+    elif head is None:
+        per_group = g[layer].mean(axis=0)
+    else:
+        per_group = g[layer, head]  # (R, G)
+    cat_of = np.array([CATEGORIES.index(grp.category) for grp in ov.groups])
+    per_cat = np.zeros((per_group.shape[0], len(CATEGORIES)))
+    np.add.at(per_cat.T, cat_of, per_group.T)
+    R = per_cat.shape[0]
+    return pd.DataFrame(
+        {
+            "step": np.repeat(np.arange(R), len(CATEGORIES)),
+            "token": [
+                _axis_label(s, ov.labels[ov.n_prompt + s]) for s in np.repeat(np.arange(R), len(CATEGORIES))
+            ],
+            "category": CATEGORIES * R,
+            "order": list(range(len(CATEGORIES))) * R,
+            "share": per_cat.ravel(),
+        }
+    )
+
+
+def token_row(
+    ov: AttentionOverview, step: int, layer_w: np.ndarray | None = None, head: int | None = None
+) -> np.ndarray:
+    """How much reply token `step` attended to each position: (T,), zero after the token.
+
+    layer_w None -> mean over every layer and head; head None -> mean of layer_w's heads.
+    """
+    if layer_w is None:
+        return ov.reply_mean[step]
+    pos = ov.n_prompt + step
+    return layer_w[:, pos].mean(axis=0) if head is None else layer_w[head, pos]
+
+
+def top_attended(ov: AttentionOverview, row: np.ndarray, n: int = 10) -> pd.DataFrame:
+    """The n positions with the largest weight in row: position, token, turn, weight."""
+    order = np.argsort(-row, kind="stable")[:n]
+    return pd.DataFrame(
+        {
+            "position": order,
+            "token": [ov.labels[i] for i in order],
+            "turn": [ov.groups[ov.group_of[i]].name for i in order],
+            "weight": row[order].astype(np.float64),
+        }
+    )

@@ -1,0 +1,125 @@
+"""The attention page driven by AppTest, after a real two-turn greedy chat."""
+
+from __future__ import annotations
+
+import json
+
+import pandas as pd
+import pyarrow as pa
+import pytest
+from streamlit.testing.v1 import AppTest
+
+from core.charts.attention import HEAD_SELECTION
+from tests.conftest import APP
+
+PAGE = "pages/attention.py"
+
+
+@pytest.fixture(scope="module")
+def chatted(lm) -> AppTest:
+    """The app after two real greedy turns on the chat page, switched to the attention page."""
+    at = AppTest.from_file(APP, default_timeout=240)
+    at.session_state["chat.temperature"] = 0.0
+    at.session_state["chat.max_new_tokens"] = 16
+    at.run()
+    for text in ("What is the capital of France?", "And of Italy?"):
+        at.chat_input[0].set_value(text).run()
+        assert not at.exception
+    at.switch_page(PAGE).run()
+    assert not at.exception
+    return at
+
+
+def charts(at: AppTest) -> list[tuple[dict, pd.DataFrame]]:
+    """Every Altair chart on the page: (its Vega-Lite spec, its first dataset as a DataFrame)."""
+    found = []
+    for chart in at.get("vega_lite_chart"):
+        spec = json.loads(chart.proto.spec)
+        data = chart.proto.datasets[0].data.data
+        found.append((spec, pa.ipc.open_stream(data).read_all().to_pandas()))
+    return found
+
+
+def reply_trace(at: AppTest):
+    return at.session_state["chat.messages"][-1].trace
+
+
+def test_model_view_shows_every_head_with_a_click_selection(lm, chatted):
+    at = chatted
+    assert any("Attention" in t.value for t in at.title)
+    assert at.segmented_control(key="attention.view").value == "Model view"
+    (spec, data), *_ = charts(at)
+    assert data.groupby(["layer", "head"]).ngroups == lm.n_layers * lm.n_heads
+    assert len(data) <= 10_000
+    assert any(p.get("name") == HEAD_SELECTION for p in spec.get("params", []))
+    assert {t["field"] for t in spec["encoding"]["tooltip"]} >= {"layer", "head", "share"}
+
+
+def test_a_click_on_the_model_view_opens_that_head(chatted):
+    at = chatted
+    at.session_state["attention.model_view"] = {"selection": {HEAD_SELECTION: [{"layer": 3, "head": 5}]}}
+    at.run()
+    assert not at.exception
+    assert at.selectbox(key="attention.layer").value == 3
+    assert at.selectbox(key="attention.head").value == 5
+    assert at.segmented_control(key="attention.view").value == "Head view"
+
+
+def test_head_view_is_a_heatmap_of_the_reply_rows_with_exact_weights(chatted):
+    at = chatted
+    at.segmented_control(key="attention.view").set_value("Head view").run()
+    at.selectbox(key="attention.layer").set_value(3).run()
+    at.selectbox(key="attention.head").set_value(5).run()
+    assert not at.exception
+    trace = reply_trace(at)
+    T, P = len(trace.full_ids), len(trace.prompt_ids)
+    (spec, data), *_ = charts(at)
+    assert spec["title"] == "Layer 3, head 5"
+    assert spec["mark"]["type"] == "rect"
+    assert sorted(data["query"].unique()) == list(range(P, T))  # reply rows only
+    assert data["key"].max() == T - 1
+    assert (data.loc[data["key"] > data["query"], "weight"] == 0).all()
+    assert data.groupby("query")["weight"].sum().round(5).eq(1.0).all()
+    assert "weight" in {t["field"] for t in spec["encoding"]["tooltip"]}
+    at.radio(key="attention.rows").set_value("Whole sequence").run()
+    at.radio(key="attention.cols").set_value("Grouped by turn").run()
+    assert not at.exception
+    (spec, data), *_ = charts(at)
+    assert data["query"].nunique() == min(T, 48)
+    assert "This reply" in set(data["group_name"])
+    assert data.groupby("query")["weight"].sum().round(5).eq(1.0).all()
+
+
+def test_per_token_view_colours_the_context(chatted):
+    at = chatted
+    at.segmented_control(key="attention.view").set_value("Per-token view").run()
+    assert not at.exception
+    at.select_slider(key="attention.step").set_value(2).run()
+    for mode in ("head", "layer", "all"):
+        at.radio(key="attention.mode").set_value(mode).run()
+        assert not at.exception
+        page = "".join(h.proto.body for h in at.get("html"))
+        assert "gb-chip chosen" in page and "rgba(37, 99, 235" in page
+        assert len(at.dataframe) == 1
+
+
+def test_turn_view_and_head_summary(lm, chatted):
+    at = chatted
+    at.segmented_control(key="attention.view").set_value("Turn view").run()
+    assert not at.exception
+    (spec, data), *_ = charts(at)
+    assert data.groupby("step")["share"].sum().round(5).eq(1.0).all()
+    assert "Current question" in set(data["category"])
+    at.segmented_control(key="attention.view").set_value("Head summary").run()
+    assert not at.exception
+    table = at.dataframe[0].value
+    assert len(table) == lm.n_layers * lm.n_heads
+    assert {"entropy_bits", "first_token", "previous_token", "current_question"} <= set(table.columns)
+
+
+def test_without_a_reply_the_page_says_what_to_do():
+    at = AppTest.from_file(APP, default_timeout=120)
+    at.run()
+    at.switch_page(PAGE).run()
+    assert not at.exception
+    assert any("no reply to explain" in i.value for i in at.info)
