@@ -1,12 +1,85 @@
-"""The inline explanation under a reply (issue 3 fills this in)."""
+"""The inline explanation under a reply: token chips, uncertain moments, a summary, and links.
+
+Called by the Explain toggle in pages/chat.py (and for each alternative take). Reads only the
+reply's trace; nothing here runs the model.
+"""
 
 from __future__ import annotations
 
+import re
+from pathlib import Path
+
 import streamlit as st
 
+from core.cache import BoundedCache
 from core.conversation import Message
+from core.explain.candidates import reply_chips, uncertain_moments
+from core.explain.summary import context_before, summarize
+from core.export import explanation_json
+from core.html import chips, probability_legend, text_block
+from core.tokens import readable
+from pages import common
+
+ROOT = Path(__file__).resolve().parent.parent
+EXPLAIN_PAGES = [
+    ("pages/candidates.py", "Next-word candidates", "🎲"),
+    ("pages/tokens.py", "Tokenization", "🧩"),
+    ("pages/attention.py", "Attention", "👀"),
+    ("pages/embeddings.py", "Embeddings", "🧭"),
+    ("pages/walkthrough.py", "From prompt to reply", "🚶"),
+]
+_VIEWS: BoundedCache[tuple[str, str]] = BoundedCache(32)  # (chips html, summary) per reply
+_MARKDOWN = re.compile(r"([\\`*_{}\[\]()#+\-.!<>|~$])")
+
+
+def plain_label(text: str) -> str:
+    """Model text made inert for a markdown label (page links render markdown)."""
+    return _MARKDOWN.sub(r"\\\1", text)
+
+
+def _views(message: Message) -> tuple[str, str]:
+    trace = message.trace
+    tok = common.chat_model().tokenizer
+    key = (trace.trace_id, len(trace.steps), trace.finish_reason)
+    return _VIEWS.get_or_compute(
+        key,
+        lambda: (chips(reply_chips(tok, trace), probability_legend()), summarize(tok, trace)),
+    )
 
 
 def show(message: Message) -> None:
+    """Chips, summary, the three least-sure moments and links, for one reply."""
     trace = message.trace
-    st.caption(f"{len(trace.steps)} tokens recorded for this reply.")
+    if trace is None or not trace.steps:
+        st.caption("This reply has no recorded steps to explain.")
+        return
+    tok = common.chat_model().tokenizer
+    chip_html, summary = _views(message)
+    with st.container(border=True, key=f"explain.panel.{message.id}"):
+        st.caption("Each chip is one token, coloured by how sure the model was of it. Hover for the top 5.")
+        st.html(chip_html)
+        st.html(text_block(summary))
+        st.markdown("**Where it was least sure**")
+        for i in uncertain_moments(trace, 3):
+            step = trace.steps[i]
+            before = context_before(tok, trace, i) or "(start of the reply)"
+            label = f"Step {i + 1}: {readable(tok, step.token_id)} at {step.prob:.0%}, after “{before}”"
+            st.page_link(
+                "pages/candidates.py",
+                label=plain_label(label),
+                icon="🎯",
+                query_params={"reply": trace.trace_id, "step": str(i)},
+            )
+        cols = st.columns(len(EXPLAIN_PAGES) + 1)
+        available = [p for p in EXPLAIN_PAGES if (ROOT / p[0]).is_file()]
+        for col, (path, title, icon) in zip(cols, available, strict=False):
+            with col:
+                st.page_link(path, label=title, icon=icon, query_params={"reply": trace.trace_id})
+        cols[-1].download_button(
+            "⬇ Explanation (JSON)",
+            data=lambda: explanation_json(tok, message),
+            file_name=f"glassbox-reply-{trace.trace_id}.json",
+            mime="application/json",
+            key=f"explain.download.{message.id}",
+            on_click="ignore",
+        )

@@ -1,0 +1,111 @@
+"""Charts for the next-word candidates page: top-k bars, the whole-reply line, the what-if
+side by side, and the logit-lens heatmap."""
+
+from __future__ import annotations
+
+import altair as alt
+import pandas as pd
+
+STEP_PICK = "step_pick"  # name of the point selection on the whole-reply chart
+CHOSEN = "#e11d48"
+OTHER = "#60a5fa"
+
+
+def _labelled(df: pd.DataFrame) -> pd.DataFrame:
+    """Add a unique y label "3. ·Paris" (two tokens can look the same when shown)."""
+    data = df.copy()
+    data["label"] = [f"{r}. {t}" for r, t in zip(data["rank"], data["token"], strict=True)]
+    return data
+
+
+def candidates_bar(df: pd.DataFrame, value: str = "prob", title: str = "probability") -> alt.Chart:
+    """Horizontal bars of the top candidates; the chosen token in red.
+
+    df: columns rank, token, chosen and `value` (top_candidates() or what_if()).
+    """
+    data = _labelled(df)
+    return (
+        alt.Chart(data)
+        .mark_bar()
+        .encode(
+            y=alt.Y("label:N", sort=list(data["label"]), title=None, axis=alt.Axis(labelLimit=220)),
+            x=alt.X(f"{value}:Q", title=title, axis=alt.Axis(format="%"), scale=alt.Scale(domain=[0, 1])),
+            color=alt.condition(alt.datum.chosen, alt.value(CHOSEN), alt.value(OTHER)),
+            tooltip=[
+                alt.Tooltip("token:N"),
+                alt.Tooltip("rank:Q"),
+                alt.Tooltip(f"{value}:Q", format=".2%", title=title),
+            ],
+        )
+        .properties(height=max(120, 22 * len(data)))
+    )
+
+
+def what_if_side_by_side(df: pd.DataFrame, label: str) -> alt.HConcatChart:
+    """The recorded distribution (temperature 1, no filters) next to the what-if one.
+
+    df: what_if() output; label: how the what-if settings read, e.g. "T=1.5, top-p=0.9".
+    """
+    left = candidates_bar(df, "original", "original (T=1, no filters)")
+    right = candidates_bar(df, "what_if", f"what if {label}")
+    return alt.hconcat(left, right)
+
+
+def reply_line(table: pd.DataFrame, current: int | None = None) -> alt.LayerChart:
+    """Chosen-token probability (left axis) and entropy in bits (right axis) across the reply.
+
+    Clicking a point selects that step (selection parameter STEP_PICK, field "step").
+    table: steps_table() output.
+    """
+    pick = alt.selection_point(name=STEP_PICK, fields=["step"], on="click", nearest=True, empty=False)
+    base = alt.Chart(table).encode(x=alt.X("step:Q", title="step (token position in the reply)"))
+    tips = [
+        alt.Tooltip("step:Q"),
+        alt.Tooltip("token:N"),
+        alt.Tooltip("prob:Q", format=".1%"),
+        alt.Tooltip("entropy:Q", format=".2f", title="entropy (bits)"),
+    ]
+    prob = base.mark_line(color=OTHER, point=alt.OverlayMarkDef(size=40, filled=True)).encode(
+        y=alt.Y("prob:Q", title="chosen token's probability", axis=alt.Axis(format="%", titleColor=OTHER)),
+        tooltip=tips,
+    )
+    prob = prob.add_params(pick)
+    entropy = base.mark_line(color="#f59e0b", strokeDash=[4, 3]).encode(
+        y=alt.Y("entropy:Q", title="entropy (bits)", axis=alt.Axis(titleColor="#f59e0b")),
+        tooltip=tips,
+    )
+    layers = [prob, entropy]
+    if current is not None:
+        marker = pd.DataFrame({"step": [current]})
+        layers.append(alt.Chart(marker).mark_rule(color=CHOSEN, strokeWidth=2).encode(x="step:Q"))
+    return alt.layer(*layers).resolve_scale(y="independent").properties(height=260)
+
+
+def lens_heatmap(table: pd.DataFrame) -> alt.LayerChart:
+    """Layer x top-k grid: each cell a token, shaded by the probability that layer gives it.
+
+    table: lens_table() output (layer, rank, token, prob, is_chosen). The top row is the
+    model's real output; the emitted token is outlined.
+    """
+    data = table.copy()
+    data["cell"] = [f"{t} {p:.0%}" for t, p in zip(data["token"], data["prob"], strict=True)]
+    layers = sorted(data["layer"].unique(), reverse=True)
+    base = alt.Chart(data).encode(
+        x=alt.X("rank:O", title="rank at this layer", axis=alt.Axis(orient="top")),
+        y=alt.Y("layer:O", sort=layers, title="layer (0 = embeddings, top = output)"),
+    )
+    cells = base.mark_rect(stroke="white").encode(
+        color=alt.Color("prob:Q", scale=alt.Scale(scheme="greens", domain=[0, 1]), title="probability"),
+        tooltip=[
+            alt.Tooltip("layer:O"),
+            alt.Tooltip("rank:O"),
+            alt.Tooltip("token:N"),
+            alt.Tooltip("prob:Q", format=".2%"),
+        ],
+    )
+    chosen = base.transform_filter(alt.datum.is_chosen).mark_rect(fill=None, stroke=CHOSEN, strokeWidth=2)
+    text = base.mark_text(fontSize=11, limit=110).encode(
+        text="cell:N",
+        color=alt.condition(alt.datum.prob > 0.5, alt.value("white"), alt.value("#111")),
+    )
+    return alt.layer(cells, chosen, text).properties(height=18 * len(layers), width=650)

@@ -1,0 +1,217 @@
+"""Next-word candidates: which tokens the model weighed at each step of a reply, and how sure it was.
+
+Everything is read from the reply's trace, except two explicit actions: "Branch here" (a new
+reply, made by the model) and the logit lens (one forward pass at the chosen step).
+"""
+
+from __future__ import annotations
+
+import time
+
+import streamlit as st
+
+from core.branch import BranchError, branch, divergence
+from core.cache import BoundedCache
+from core.charts.candidates import STEP_PICK, candidates_bar, lens_heatmap, reply_line, what_if_side_by_side
+from core.explain.candidates import reply_chips, steps_table, tokens_for_90, top_candidates, what_if
+from core.explain.lens import first_layer_with_answer, lens_table
+from core.html import chips, probability_legend
+from core.settings import SamplingSettings
+from core.tokens import readable
+from core.trace import Trace
+from pages import common, transfer
+
+STEP = "candidates.step"
+APPLIED = "candidates.applied"  # the (reply, ?step=) pair already applied to the slider
+LINE = "candidates.line"
+PICK = "candidates.pick"
+_LENS: BoundedCache = BoundedCache(16)
+
+lm = common.chat_model()
+tok = lm.tokenizer
+st.title("🎲 Next-word candidates")
+st.caption("At every step the model scores every token in its vocabulary; here are the ones it weighed.")
+
+
+def _picked() -> None:
+    if st.session_state.get(PICK) is not None:
+        st.session_state[STEP] = st.session_state[PICK]
+
+
+def choose_step(trace: Trace) -> int:
+    """Slider + clickable tokens + ?step= link + chart click all drive one state key."""
+    n = len(trace.steps)
+    wanted = st.query_params.get("step")
+    if wanted is not None and st.session_state.get(APPLIED) != (trace.trace_id, wanted) and wanted.isdigit():
+        st.session_state[STEP] = int(wanted)
+    st.session_state[STEP] = min(max(int(st.session_state.get(STEP, 0)), 0), n - 1)
+    if n > 1:
+        st.slider("Step", 0, n - 1, key=STEP, help="Which token of the reply to look at (0 = the first).")
+    step = int(st.session_state[STEP])
+    st.session_state[APPLIED] = (trace.trace_id, str(step))
+    st.query_params["step"] = str(step)
+    st.query_params["reply"] = trace.trace_id
+    with st.expander("Click a token to jump to its step"):
+        st.session_state[PICK] = step
+        st.pills(
+            "Tokens",
+            range(n),
+            format_func=lambda i: readable(tok, trace.steps[i].token_id),
+            key=PICK,
+            on_change=_picked,
+            label_visibility="collapsed",
+        )
+    return step
+
+
+def step_view(trace: Trace, i: int) -> None:
+    step = trace.steps[i]
+    st.markdown("**The reply so far** (the red outline is this step's token)")
+    st.html(chips(reply_chips(tok, trace, marked=i, upto=i + 1), probability_legend()))
+    mass = tokens_for_90(step)
+    cols = st.columns(5)
+    cols[0].metric("Chosen token", readable(tok, step.token_id))
+    cols[1].metric("Rank", step.rank)
+    cols[2].metric("Probability", f"{step.prob:.1%}")
+    cols[3].metric("Entropy", f"{step.entropy:.2f} bits")
+    cols[4].metric("Tokens for 90%", mass if mass is not None else "> 50")
+    k = st.slider("Candidates to show", 5, 50, 10, key="candidates.k")
+    st.altair_chart(candidates_bar(top_candidates(tok, step, k)), width="stretch")
+
+
+def what_if_view(trace: Trace, i: int) -> None:
+    step = trace.steps[i]
+    st.subheader("What if the temperature or top-p were different?")
+    c1, c2, c3 = st.columns(3)
+    temperature = c1.slider("Temperature", 0.0, 2.5, 1.0, 0.05, key="candidates.whatif_t")
+    top_p = c2.slider("Top-p", 0.05, 1.0, 1.0, 0.01, key="candidates.whatif_p")
+    top_k = c3.slider("Top-k (0 = off)", 0, 50, 0, key="candidates.whatif_k")
+    settings = SamplingSettings(temperature=temperature, top_k=top_k, top_p=top_p)
+    df = what_if(tok, step, settings, n=12)
+    label = f"T={temperature:g}, top-p={top_p:g}" + (f", top-k={top_k}" if top_k else "")
+    st.altair_chart(what_if_side_by_side(df, label), width="stretch")
+    st.caption(
+        f"Recomputed with the sampler's own function over the **recorded top-50 candidates**, which hold "
+        f"{sum(step.top_probs):.1%} of the raw probability at this step; the rest of the vocabulary is "
+        "left out, and both sides are renormalised over those 50. The model did not run again. "
+        "Dividing scores by a temperature below 1 sharpens the distribution; above 1 flattens it; "
+        "0 is greedy (all on the top token)."
+    )
+
+
+def whole_reply(trace: Trace, i: int) -> None:
+    st.subheader("The whole reply")
+    table = steps_table(tok, trace)
+
+    def on_pick() -> None:
+        points = st.session_state[LINE].selection.get(STEP_PICK) or []
+        if points:
+            st.session_state[STEP] = int(points[0]["step"])
+
+    st.altair_chart(reply_line(table, i), width="stretch", key=LINE, on_select=on_pick)
+    st.caption(
+        "Blue: the chosen token's probability; orange dashes: entropy. Click a point to open that step."
+    )
+    st.dataframe(table, hide_index=True, height=260)
+    st.download_button(
+        "⬇ Steps (CSV)",
+        table.to_csv(index=False).encode("utf-8"),
+        file_name=f"glassbox-steps-{trace.trace_id}.csv",
+        mime="text/csv",
+        key="candidates.csv",
+        on_click="ignore",
+    )
+
+
+def branch_view(ref: common.ReplyRef, i: int) -> None:
+    trace = ref.message.trace
+    step = trace.steps[i]
+    st.subheader("Branch here")
+    options = [t for t in step.top_ids[:10] if t != step.token_id]
+    choice = st.selectbox(
+        "Continue from this step with",
+        options,
+        format_func=lambda t: f"{readable(tok, t)}  ({step.top_probs[step.top_ids.index(t)]:.1%})",
+        key="candidates.branch_token",
+    )
+    if st.button(
+        "🌿 Branch here", key="candidates.branch", help="The model continues with the same settings."
+    ):
+        home = common.messages()[ref.position]
+        try:
+            with st.spinner("The model is writing the branch…"):
+                new = branch(lm, ref.message, i, int(choice), home=home)
+        except BranchError as exc:
+            st.error(str(exc))
+        else:
+            st.session_state[common.SELECTED] = trace.trace_id
+            st.session_state["candidates.compare"] = new.trace.trace_id
+            st.success(f"Branched at step {i + 1}: the new reply is kept as an alternative in the chat.")
+    compare(ref)
+
+
+def compare(ref: common.ReplyRef) -> None:
+    """The reply next to a related one (its branches, or its parent), divergence marked."""
+    trace = ref.message.trace
+
+    def is_related(t: Trace) -> bool:
+        return t.branch_of == trace.trace_id or (
+            trace.branch_of is not None and t.trace_id == trace.branch_of
+        )
+
+    related = [r.message for r in common.replies() if is_related(r.message.trace)]
+    if not related:
+        return
+    ids = [m.trace.trace_id for m in related]
+    wanted = st.session_state.get("candidates.compare")
+    other = related[ids.index(wanted)] if wanted in ids else related[-1]
+    at = divergence(trace, other.trace)
+    st.markdown(f"**Side by side** — they diverge at step {at + 1 if at is not None else '—'} (outlined).")
+    left, right = st.columns(2)
+    for col, t, title in (
+        (left, trace, "This reply"),
+        (right, other.trace, "Branch" if other.trace.branch_of == trace.trace_id else "Other reply"),
+    ):
+        with col:
+            st.caption(title)
+            st.html(chips(reply_chips(tok, t, marked=at)))
+
+
+def lens_view(trace: Trace, i: int) -> None:
+    st.subheader("Logit lens: the answer forming through the layers")
+    if not st.toggle("Compute the logit lens at this step", key="candidates.lens"):
+        st.caption(
+            "One forward pass over the context; each layer's state goes through the final norm and head."
+        )
+        return
+    start = time.perf_counter()
+    with st.spinner("Running one forward pass…"):
+        table = _LENS.get_or_compute((trace.trace_id, i), lambda: lens_table(lm, trace, i, k=5))
+    seconds = time.perf_counter() - start
+    layer = first_layer_with_answer(table)
+    found = f"The emitted token is the top guess from layer {layer} on." if layer is not None else ""
+    st.caption(f"{found} Computed in {seconds:.2f} s (cached for this step).")
+    st.altair_chart(lens_heatmap(table), width="content")
+
+
+ref = common.reply_picker("candidates.reply")
+if ref is None:
+    with st.expander("…or load a saved conversation", expanded=True):
+        transfer.show()
+    st.stop()
+trace = ref.message.trace
+if not trace.steps:
+    st.info("This reply has no recorded steps.")
+    st.stop()
+if trace.branch_of:
+    st.caption(
+        f"ℹ️ This reply is a branch: it was forced to differ from its parent at step {trace.branch_step + 1}."
+    )
+i = choose_step(trace)
+step_view(trace, i)
+what_if_view(trace, i)
+whole_reply(trace, i)
+branch_view(ref, i)
+lens_view(trace, i)
+with st.expander("Export or load a conversation"):
+    transfer.show()

@@ -1,0 +1,62 @@
+"""Explain mode and the candidates page driven by AppTest, with the real model."""
+
+from __future__ import annotations
+
+import pytest
+from streamlit.testing.v1 import AppTest
+
+from tests.conftest import APP
+
+
+@pytest.fixture()
+def app(lm) -> AppTest:  # lm: the model is loaded (and cached) before the first run
+    at = AppTest.from_file(APP, default_timeout=300)
+    at.session_state["chat.temperature"] = 0.0
+    at.session_state["chat.max_new_tokens"] = 16
+    return at.run()
+
+
+def _html(at: AppTest) -> str:
+    return "".join(e.proto.body for e in at.get("html"))
+
+
+def test_explain_then_candidates_then_branch(app):
+    app.chat_input[0].set_value("What is the capital of France?").run()
+    assert not app.exception
+    reply = app.session_state["chat.messages"][-1]
+    trace_id, before = reply.trace.trace_id, reply.trace.to_json()
+
+    # Explain on: chips, summary and the uncertain-moment links appear
+    assert not _html(app)
+    app.toggle(key=f"explain.toggle.{reply.id}").set_value(True).run()
+    assert not app.exception
+    markup = _html(app)
+    assert markup.count('class="gb-chip') >= len(reply.trace.steps)
+    assert "over 90% sure of" in markup and "hardest choice" in markup
+    links = [e.proto for e in app.get("page_link")]
+    uncertain = [p for p in links if p.label.startswith("Step ")]
+    assert len(uncertain) == 3 and all("candidates" in p.page for p in uncertain)
+
+    # the candidates page for that reply at step 2
+    app.switch_page("pages/candidates.py")
+    app.query_params["reply"] = trace_id
+    app.query_params["step"] = "2"
+    app.run()
+    assert not app.exception
+    assert app.slider(key="candidates.step").value == 2
+    metrics = {m.label: m.value for m in app.metric}
+    assert metrics["Rank"] == "1" and metrics["Probability"].endswith("%")
+    assert len(app.get("vega_lite_chart")) >= 3
+
+    # branch at step 2 with the first other candidate
+    app.button(key="candidates.branch").click().run()
+    assert not app.exception
+    history = app.session_state["chat.messages"]
+    original = history[-1]
+    assert original.trace.trace_id == trace_id and original.trace.to_json() == before
+    assert len(original.alternatives) == 1
+    branch = original.alternatives[0].trace
+    assert branch.branch_of == trace_id and branch.branch_step == 2
+    assert branch.output_ids[:2] == original.trace.output_ids[:2]
+    assert branch.output_ids[2] != original.trace.output_ids[2]
+    assert "diverge at step 3" in " ".join(m.value for m in app.markdown)
