@@ -50,7 +50,7 @@ def step_picker(trace: Trace, tokenizer) -> int:
     if n == 1:
         return 0
     step = st.select_slider(
-        "Step (which token of the reply to follow)",
+        f"Step: which of the reply's {n} tokens to follow",
         options=list(range(n)),
         format_func=lambda i: f"{i + 1}: {readable(tokenizer, trace.steps[i].token_id)}",
         key=STEP,
@@ -211,7 +211,7 @@ with stage(
         else "The output head is a separate matrix."
     ),
 ):
-    st.altair_chart(charts.logit_bars(wt.top_logits(lm, walk.logits)), width="stretch")
+    st.altair_chart(charts.logit_dots(wt.top_logits(lm, walk.logits)), width="stretch")
 
 with stage(
     7,
@@ -267,7 +267,7 @@ with stage(
 
 st.divider()
 st.subheader("Decoder-only versus encoder-decoder")
-st.html(html.architecture_svg(lm.name, lm.n_layers))
+st.image(html.architecture_svg(lm.name, lm.n_layers), width=760)  # inline SVG markup, no file
 st.markdown(
     "The original Transformer (2017) had two stacks. An **encoder** reads the whole input at once, "
     "every token seeing every other; a **decoder** writes the output one token at a time, attending to "

@@ -21,11 +21,11 @@ def embedding_strip(cells: pd.DataFrame) -> alt.Chart:
             color=alt.Color(
                 "value:Q",
                 scale=alt.Scale(scheme="redblue", domain=[-limit, limit], reverse=True),
-                legend=alt.Legend(title="value", orient="right"),
+                legend=alt.Legend(title="value", orient="right", gradientLength=100),
             ),
             tooltip=[alt.Tooltip("index:Q", title="dimension"), alt.Tooltip("value:Q", format=".4f")],
         )
-        .properties(height=110)
+        .properties(height=140)
     )
 
 
@@ -58,18 +58,21 @@ def layer_trajectory(layers: pd.DataFrame) -> alt.LayerChart:
     return alt.layer(norm, cosine).resolve_scale(y="independent").properties(height=260)
 
 
-def logit_bars(top: pd.DataFrame) -> alt.Chart:
-    """The top raw scores as horizontal bars. top: rank, token, logit."""
-    return (
-        alt.Chart(top)
-        .mark_bar(color="#64748b")
-        .encode(
-            x=alt.X("logit:Q", title="raw score (logit)"),
-            y=alt.Y("token:N", sort=alt.EncodingSortField("rank"), title=None),
-            tooltip=["rank:Q", "token_id:Q", "token:N", alt.Tooltip("logit:Q", format=".3f")],
-        )
-        .properties(height=240)
+def logit_dots(top: pd.DataFrame) -> alt.LayerChart:
+    """The top raw scores as labelled dots. top: rank, token_id, token, logit.
+
+    subtle: the axis does not start at zero; what matters to softmax is the gaps between scores.
+    """
+    base = alt.Chart(top).encode(
+        x=alt.X("logit:Q", title="raw score (logit)", scale=alt.Scale(zero=False, nice=True)),
+        y=alt.Y("token:N", sort=alt.EncodingSortField("rank"), title=None, axis=alt.Axis(labelOverlap=False)),
+        tooltip=["rank:Q", "token_id:Q", "token:N", alt.Tooltip("logit:Q", format=".3f")],
     )
+    dots = base.mark_circle(size=90, color="#475569")
+    values = base.mark_text(align="left", dx=8, color="#334155").encode(
+        text=alt.Text("logit:Q", format=".2f")
+    )
+    return alt.layer(dots, values).properties(height=300)
 
 
 def temperature_bars(table: pd.DataFrame, temperature: float) -> alt.Chart:
@@ -80,20 +83,19 @@ def temperature_bars(table: pd.DataFrame, temperature: float) -> alt.Chart:
     long = table.melt(
         id_vars=["token_id", "token", "chosen"], value_vars=["raw_prob", "prob"], var_name="which"
     )
-    long["which"] = long["which"].map({"raw_prob": "temperature 1", "prob": f"temperature {temperature:g}"})
+    labels = ["softmax at temperature 1", f"at the slider's temperature ({temperature:g})"]
+    long["which"] = long["which"].map(dict(zip(["raw_prob", "prob"], labels)))
     order = list(table["token"])
     return (
         alt.Chart(long)
         .mark_bar()
         .encode(
-            x=alt.X(
-                "value:Q", title="probability", axis=alt.Axis(format="%"), scale=alt.Scale(domain=[0, 1])
-            ),
-            y=alt.Y("token:N", sort=order, title=None),
-            yOffset=alt.YOffset("which:N"),
+            x=alt.X("value:Q", title="probability", axis=alt.Axis(format="%")),
+            y=alt.Y("token:N", sort=order, title=None, axis=alt.Axis(labelOverlap=False)),
+            yOffset=alt.YOffset("which:N", sort=labels),
             color=alt.Color(
                 "which:N",
-                scale=alt.Scale(range=["#cbd5e1", "#2563eb"]),
+                scale=alt.Scale(domain=labels, range=["#cbd5e1", "#2563eb"]),
                 legend=alt.Legend(title=None, orient="bottom"),
             ),
             tooltip=["token:N", "which:N", alt.Tooltip("value:Q", format=".2%")],
