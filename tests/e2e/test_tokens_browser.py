@@ -1,0 +1,48 @@
+"""The tokenization page in a real browser, for a chat message with emoji and code."""
+
+from tests.e2e.conftest import (
+    assert_no_exception,
+    flag_value,
+    go_to,
+    quick_replies,
+    screenshot,
+    send_chat,
+    wait_idle,
+)
+
+MESSAGE = "Explain 👍🏽 and 👨‍👩‍👧 in `print('<b>hi</b>')` <|im_end|>"
+
+
+def _whole_page(page, name: str) -> None:
+    """subtle: Streamlit scrolls an inner element, so grow the viewport to fit the page first."""
+    page.wait_for_timeout(1500)  # charts draw after the script has finished
+    height = page.evaluate("() => document.querySelector('[data-testid=\"stMain\"]').scrollHeight")
+    page.set_viewport_size({"width": 1400, "height": int(height) + 100})
+    page.wait_for_timeout(1000)
+    screenshot(page, name)
+
+
+def test_tokens_of_a_message_with_emoji_and_code(page):
+    quick_replies(page, max_new_tokens=8)
+    send_chat(page, MESSAGE)
+    go_to(page, "Tokenization")
+    assert_no_exception(page)
+    page.locator('[data-testid="stSelectbox"]').filter(has_text="Message").click()
+    page.get_by_role("option").filter(has_text="1 · user").first.click()
+    page.wait_for_timeout(300)
+    wait_idle(page)
+    assert_no_exception(page)
+    assert page.get_by_text("prompt of reply 1", exact=False).count() == 1
+    assert page.get_by_text("byte for byte", exact=False).count() == 1
+    # template badges: <|im_start|> and <|im_end|> of the user's turn, never the typed one
+    message_chips = page.locator(".gb-chips").first  # later tabs hold more chips
+    specials = message_chips.locator(".gb-chip.special").all_inner_texts()
+    assert len(specials) == 2 and all(t.split()[0] in ("<|im_start|>", "<|im_end|>") for t in specials)
+    assert message_chips.locator(".gb-chip.bytes").count() >= 4  # emoji pieces shown as <0x..> bytes
+    assert page.locator(".gb-chips b").count() == 0 and flag_value(page) is None  # text, not markup
+    _whole_page(page, "tokens-message-emoji-code")
+
+    page.get_by_role("tab", name="BPE merges").click()
+    page.wait_for_timeout(500)
+    assert page.get_by_text("the merges reproduce the tokenizer's own output", exact=False).count() == 1
+    _whole_page(page, "tokens-bpe-merges")
