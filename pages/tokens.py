@@ -65,9 +65,7 @@ def pick_source() -> tuple[pd.DataFrame, pd.DataFrame, str | None]:
             f"Exactly what the model received ({len(trace.prompt_ids):,} prompt tokens, chat template "
             f"included) and the {len(trace.steps):,} tokens it wrote."
         )
-        table = _tables.get_or_compute(
-            ("trace", trace.trace_id), lambda: tokenization.trace_table(tok, trace)
-        )
+        table = tokenization.trace_table(tok, trace)
         return table, table[table["part"].isin(["content", tokenization.REPLY_PART])], None
     table, expected = pick_message()
     text_rows = table[table["part"].isin(["content", tokenization.REPLY_PART]) & ~table["special"]]
@@ -76,7 +74,7 @@ def pick_source() -> tuple[pd.DataFrame, pd.DataFrame, str | None]:
 
 def show_tokens(table: pd.DataFrame, text_rows: pd.DataFrame, expected: str | None) -> str:
     """Counts, the round-trip check and the chips. Returns the text the tokens stand for."""
-    text = tokenization.table_text(tok, text_rows)
+    text = tokenization.table_text(text_rows)
     cols = st.columns(4)
     cols[0].metric("Tokens", f"{len(table):,}")
     cols[1].metric("Template / special tokens", f"{int(table['special'].sum()) + _template(table):,}")
@@ -105,7 +103,7 @@ def _legend() -> list[tuple[str, str]]:
     return [
         (tokenization.CHIP_COLOURS[0], "token"),
         (tokenization.CHIP_COLOURS[1], "next token"),
-        ("#334155", "special token (dark badge)"),
+        ("#94a3b8", "special token (dark badge)"),
         ("transparent", "dashed: part of one character, shown as bytes · = space ↵ = newline"),
     ]
 
@@ -123,7 +121,7 @@ def table_tab(table: pd.DataFrame) -> None:
 
 def counts_tab(table: pd.DataFrame) -> None:
     st.markdown("**Tokens per message** (text tokens are the message itself; the rest is the chat template)")
-    st.dataframe(tokenization.counts(table, tok), hide_index=True, width="stretch")
+    st.dataframe(tokenization.counts(table), hide_index=True, width="stretch")
     history = common.messages()
     if not any(m.role == "user" for m in history):
         return

@@ -74,7 +74,7 @@ def test_partial_bytes_and_chips_are_escaped(tok):
 
 def test_counts_per_message_and_in_total(tok, greedy_trace):
     table = tz.trace_table(tok, greedy_trace)
-    counts = tz.counts(table, tok).set_index("message")
+    counts = tz.counts(table).set_index("message")
     assert counts.loc["all", "tokens"] == len(table)
     assert counts.drop("all")["tokens"].sum() == len(table)
     assert counts.loc["1", "characters"] == len("What is the capital of France?")

@@ -7,11 +7,13 @@ is tokenized the way message text is (typed special tokens are plain characters)
 
 from __future__ import annotations
 
+import weakref
 from dataclasses import dataclass, field
 from typing import Any
 
 import pandas as pd
 
+from core.cache import BoundedCache
 from core.conversation import Message, build_prompt, encode_messages, turns
 from core.html import Chip
 from core.tokens import readable, special_ids, split_utf8, token_bytes
@@ -21,6 +23,10 @@ COLUMNS = ["position", "id", "text", "bytes", "n_bytes", "special", "partial", "
 REPLY_PART = "reply"  # tokens the model wrote (trace steps), after the prompt's spans
 FREE_PART = "free text"
 CHIP_COLOURS = ("#dbeafe", "#fde68a")  # alternating, so neighbouring tokens are told apart
+_INFO: weakref.WeakKeyDictionary[Any, dict[int, tuple[str, str, int, bool, bool]]] = (
+    weakref.WeakKeyDictionary()
+)
+_TRACE_TABLES: BoundedCache[pd.DataFrame] = BoundedCache(16)
 
 
 def encode_text(tokenizer: Any, text: str) -> list[int]:
@@ -38,7 +44,6 @@ def token_table(
     spans label the ids (positions start..start+len(ids)); without spans every row is free text.
     [19556, 905] -> rows "Hello" (48 65 6C 6C 6F) and "·world" (20 77 6F 72 6C 64).
     """
-    special = special_ids(tokenizer)
     owner: dict[int, Span] = {}
     for span in spans or []:
         for pos in range(span.start, span.end):
@@ -46,19 +51,17 @@ def token_table(
     rows = []
     for offset, token_id in enumerate(ids):
         pos = start + offset
-        data = token_bytes(tokenizer, token_id)
-        is_special = int(token_id) in special
+        text, hex_bytes, n_bytes, is_special, partial = _token_info(tokenizer, int(token_id))
         span = owner.get(pos)
         rows.append(
             {
                 "position": pos,
                 "id": int(token_id),
-                "text": readable(tokenizer, token_id),
-                "bytes": data.hex(" ").upper(),
-                "n_bytes": len(data),
+                "text": text,
+                "bytes": hex_bytes,
+                "n_bytes": n_bytes,
                 "special": is_special,
-                # subtle: a byte-level token can be a fragment of one UTF-8 character
-                "partial": not is_special and any(not whole for _, whole in split_utf8(data)),
+                "partial": partial,
                 "message": span.message_index if span else None,
                 "role": span.role if span else "",
                 "part": span.kind if span else FREE_PART,
@@ -68,13 +71,36 @@ def token_table(
     return table.astype({"message": "Int64"})
 
 
+def _token_info(tokenizer: Any, token_id: int) -> tuple[str, str, int, bool, bool]:
+    """(readable text, hex bytes, byte count, special, partial) for one id, memoised per tokenizer."""
+    try:
+        memo = _INFO.setdefault(tokenizer, {})
+    except TypeError:  # not weak-referenceable: no memo
+        memo = {}
+    if token_id not in memo:
+        data = token_bytes(tokenizer, token_id)
+        special = token_id in special_ids(tokenizer)
+        # subtle: a byte-level token can be a fragment of one UTF-8 character
+        partial = not special and any(not whole for _, whole in split_utf8(data))
+        memo[token_id] = (readable(tokenizer, token_id), data.hex(" ").upper(), len(data), special, partial)
+    return memo[token_id]
+
+
 def reply_index(trace: Trace) -> int:
     """The reply's own message index: the final span is its generation header."""
     return trace.spans[-1].message_index if trace.spans else 0
 
 
 def trace_table(tokenizer: Any, trace: Trace, include_reply: bool = True) -> pd.DataFrame:
-    """Every token of the trace: the prompt exactly as the model read it, then the reply it wrote."""
+    """Every token of the trace: the prompt exactly as the model read it, then the reply it wrote.
+
+    Cached per trace (keyed on its length too, so a reply still being written is not frozen).
+    """
+    key = (id(tokenizer), trace.trace_id, len(trace.prompt_ids), len(trace.steps), include_reply)
+    return _TRACE_TABLES.get_or_compute(key, lambda: _trace_table(tokenizer, trace, include_reply))
+
+
+def _trace_table(tokenizer: Any, trace: Trace, include_reply: bool) -> pd.DataFrame:
     table = token_table(tokenizer, trace.prompt_ids, trace.spans)
     if not include_reply or not trace.steps:
         return table
@@ -92,8 +118,9 @@ def joined_bytes(tokenizer: Any, ids: list[int]) -> bytes:
     return b"".join(token_bytes(tokenizer, i) for i in ids)
 
 
-def table_text(tokenizer: Any, table: pd.DataFrame) -> str:
-    return joined_bytes(tokenizer, table["id"].tolist()).decode("utf-8", errors="replace")
+def table_text(table: pd.DataFrame) -> str:
+    """What the rows of a token table decode to, from their bytes column."""
+    return b"".join(bytes.fromhex(h) for h in table["bytes"]).decode("utf-8", errors="replace")
 
 
 @dataclass
@@ -153,7 +180,7 @@ def _reply_number(messages: list[Message], position: int) -> int:
     return sum(1 for m in messages[: position + 1] if m.role == "assistant")
 
 
-def counts(table: pd.DataFrame, tokenizer: Any) -> pd.DataFrame:
+def counts(table: pd.DataFrame) -> pd.DataFrame:
     """Tokens per message: all tokens, text tokens, template tokens, characters, chars per token.
 
     Text tokens are the content (or reply) rows; characters are counted in what they decode to.
@@ -165,7 +192,7 @@ def counts(table: pd.DataFrame, tokenizer: Any) -> pd.DataFrame:
     ]
     for label, group in [*groups, ("all", table)]:
         text_rows = group[group["part"].isin(["content", REPLY_PART, FREE_PART])]
-        chars = len(table_text(tokenizer, text_rows))
+        chars = len(table_text(text_rows))
         n_text = len(text_rows)
         rows.append(
             {
