@@ -54,6 +54,7 @@ STYLE = """
 .gb-chip{display:inline-block;padding:0 .3em;margin:1px 1px;border-radius:4px;border:1px solid rgba(0,0,0,.12);white-space:pre;color:#111;text-decoration:none}
 .gb-chip .gb-sub{display:block;font-size:.65rem;color:#555;line-height:1;text-align:center}
 .gb-chip.special{background:#334155!important;color:#f8fafc;font-weight:600}
+.gb-chip.special .gb-sub{color:#cbd5e1}
 .gb-chip.bytes{font-style:italic;border-style:dashed}
 .gb-chip.chosen{outline:2px solid #111}
 .gb-chip.marked{outline:3px solid #e11d48}
