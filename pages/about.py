@@ -73,7 +73,7 @@ st.markdown(
 )
 
 st.subheader("The model")
-cols = st.columns(4)
+cols = st.columns([2, 1, 1, 1])
 cols[0].metric("Model", lm.name)
 cols[1].metric("Parameters", f"{lm.n_params / 1e6:.0f} million")
 cols[2].metric("Layers × heads", f"{lm.n_layers} × {lm.n_heads}")
@@ -85,4 +85,4 @@ st.markdown(
     "quick and easy to look inside, but it makes mistakes a large model would not: treat its answers "
     "as something to study, not as facts."
 )
-st.caption(f"Loaded from: {lm.source} (in {lm.load_seconds:.1f} s).")
+st.caption(f"Loaded in {lm.load_seconds:.1f} s. Source: {lm.source}")

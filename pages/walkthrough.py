@@ -179,11 +179,11 @@ with stage(
 ):
     layer = st.selectbox(
         "Layer",
-        [None, *range(lm.n_layers)],
-        format_func=lambda i: "all layers (average)" if i is None else f"layer {i + 1}",
+        [-1, *range(lm.n_layers)],
+        format_func=lambda i: "all layers (average)" if i < 0 else f"layer {i + 1}",
         key="walkthrough.layer",
     )
-    att = wt.attention_table(lm, walk, layer)
+    att = wt.attention_table(lm, walk, None if layer < 0 else layer)
     weights = att["weight"].to_numpy()
     max_w = float(weights[1:].max()) if T > 1 else 1.0
     st.html(context_chips(context, weights, max_w))

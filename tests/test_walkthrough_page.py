@@ -56,7 +56,8 @@ def test_walks_all_nine_stages_of_a_real_reply(lm, chatted):
         assert metrics["Rank"] == str(trace.steps[step].rank)
         assert at.query_params["step"] in ([str(step)], str(step))
         html = " ".join(h.proto.body for h in at.get("html"))
-        assert "gb-chip" in html and "<svg" in html
+        assert "gb-chip" in html and 'class="gb-chip marked"' in html  # the current position
+        assert len(at.get("image")) == 1  # the architecture diagram (inline SVG)
         at.button(key="walkthrough.next").click().run()
         assert not at.exception
 

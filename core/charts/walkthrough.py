@@ -64,7 +64,7 @@ def logit_dots(top: pd.DataFrame) -> alt.LayerChart:
     subtle: the axis does not start at zero; what matters to softmax is the gaps between scores.
     """
     base = alt.Chart(top).encode(
-        x=alt.X("logit:Q", title="raw score (logit)", scale=alt.Scale(zero=False, nice=True)),
+        x=alt.X("logit:Q", title="raw score (logit)", scale=alt.Scale(zero=False, nice=True, padding=12)),
         y=alt.Y("token:N", sort=alt.EncodingSortField("rank"), title=None, axis=alt.Axis(labelOverlap=False)),
         tooltip=["rank:Q", "token_id:Q", "token:N", alt.Tooltip("logit:Q", format=".3f")],
     )
@@ -75,7 +75,7 @@ def logit_dots(top: pd.DataFrame) -> alt.LayerChart:
     return alt.layer(dots, values).properties(height=300)
 
 
-def temperature_bars(table: pd.DataFrame, temperature: float) -> alt.Chart:
+def temperature_bars(table: pd.DataFrame, temperature: float) -> alt.LayerChart:
     """Probabilities at temperature 1 and at the slider's temperature, side by side per token.
 
     table: core.explain.walkthrough.temperature_table.
@@ -86,19 +86,21 @@ def temperature_bars(table: pd.DataFrame, temperature: float) -> alt.Chart:
     labels = ["softmax at temperature 1", f"at the slider's temperature ({temperature:g})"]
     long["which"] = long["which"].map(dict(zip(["raw_prob", "prob"], labels)))
     order = list(table["token"])
-    return (
-        alt.Chart(long)
-        .mark_bar()
-        .encode(
-            x=alt.X("value:Q", title="probability", axis=alt.Axis(format="%")),
-            y=alt.Y("token:N", sort=order, title=None, axis=alt.Axis(labelOverlap=False)),
-            yOffset=alt.YOffset("which:N", sort=labels),
-            color=alt.Color(
-                "which:N",
-                scale=alt.Scale(domain=labels, range=["#cbd5e1", "#2563eb"]),
-                legend=alt.Legend(title=None, orient="bottom"),
-            ),
-            tooltip=["token:N", "which:N", alt.Tooltip("value:Q", format=".2%")],
-        )
-        .properties(height=320)
+    room = min(float(long["value"].max()) * 1.15, 1.15)  # space for the value labels
+    base = alt.Chart(long).encode(
+        x=alt.X("value:Q", title="probability", axis=alt.Axis(format="%"), scale=alt.Scale(domain=[0, room])),
+        y=alt.Y("token:N", sort=order, title=None, axis=alt.Axis(labelOverlap=False)),
+        yOffset=alt.YOffset("which:N", sort=labels),
+        tooltip=["token:N", "which:N", alt.Tooltip("value:Q", format=".2%")],
     )
+    bars = base.mark_bar().encode(
+        color=alt.Color(
+            "which:N",
+            scale=alt.Scale(domain=labels, range=["#cbd5e1", "#2563eb"]),
+            legend=alt.Legend(title=None, orient="bottom", labelLimit=400),
+        )
+    )
+    values = base.mark_text(align="left", dx=3, fontSize=10, color="#334155").encode(
+        text=alt.Text("value:Q", format=".1%")
+    )
+    return alt.layer(bars, values).properties(height=380)
