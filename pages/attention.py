@@ -84,7 +84,9 @@ def model_view(ov: att.AttentionOverview, layer: int, head: int) -> None:
         "**Click a square to open that head.**"
     )
     chart = charts.model_view(att.model_view_frame(ov), chosen=(layer, head))
-    st.altair_chart(chart, on_select="rerun", key=CHART, selection_mode=charts.HEAD_SELECTION)
+    st.altair_chart(
+        chart, width="content", on_select="rerun", key=CHART, selection_mode=charts.HEAD_SELECTION
+    )
 
 
 def head_view(ov: att.AttentionOverview, weights, layer: int, head: int) -> None:
@@ -112,7 +114,7 @@ def head_view(ov: att.AttentionOverview, weights, layer: int, head: int) -> None
         chart = charts.head_heatmap(att.head_frame(w, ov.labels, rows, cols, P), title)
     else:
         chart = charts.group_heatmap(att.head_frame_by_group(w, ov, rows), title)
-    st.altair_chart(chart)
+    st.altair_chart(chart, width="content")  # "stretch" would squeeze the rows under the labels
     st.caption(
         "Hover a cell for the exact weight. Cells right of the diagonal are 0: a token cannot see later ones."
     )
@@ -174,7 +176,7 @@ def turn_view(ov: att.AttentionOverview, layer: int, head: int) -> None:
     frame = att.turn_frame(ov, None if scope == "all" else layer, head if scope == "head" else None)
     steps = window(ov.n_reply, MAX_BARS, f"Reply tokens (a window of {MAX_BARS})", "attention.bar_window")
     frame = frame[frame["step"].between(steps.start, steps.stop - 1)]
-    st.altair_chart(charts.turn_bars(frame, "Where each reply token's attention went"))
+    st.altair_chart(charts.turn_bars(frame, "Where each reply token's attention went"), width="content")
     st.caption("The template tokens include the very first token, where idle heads park their attention.")
 
 

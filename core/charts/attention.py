@@ -13,6 +13,11 @@ import pandas as pd
 from core.explain.attention import CATEGORIES
 
 HEAD_SELECTION = "head_pick"
+# subtle: Streamlit defaults to autosize "fit", which squeezes the plot so that the axis labels
+# fit inside width x height; a heatmap with long token labels then collapses to a line.
+# "pad" keeps width x height for the cells and adds the labels around them.
+PAD = alt.AutoSizeParams(type="pad", contains="padding")
+PLOT_WIDTH = 540  # px for a heatmap's cells, so labels and legend fit beside the explanation column
 WEIGHT_SCALE = alt.Scale(scheme="blues", domain=[0, 1])
 CATEGORY_COLOURS = ["#64748b", "#a78bfa", "#2563eb", "#cbd5e1", "#16a34a"]  # same order as CATEGORIES
 
@@ -59,8 +64,9 @@ def model_view(frame: pd.DataFrame, chosen: tuple[int, int] | None = None, cell:
         alt.Chart(data)
         .mark_rect()
         .encode(
-            x=alt.X("x:O", axis=x_axis, title=None),
-            y=alt.Y("y:O", axis=y_axis, title=None),
+            # Explicit domains keep the empty gap columns and rows (an ordinal scale drops them).
+            x=alt.X("x:O", axis=x_axis, title=None, scale=alt.Scale(domain=list(range(n_heads * (k + 1))))),
+            y=alt.Y("y:O", axis=y_axis, title=None, scale=alt.Scale(domain=list(range(n_layers * (k + 1))))),
             color=alt.Color("relative:Q", scale=WEIGHT_SCALE, legend=None),
             stroke=stroke,
             opacity=alt.condition(pick, alt.value(1.0), alt.value(0.55)),
@@ -73,11 +79,11 @@ def model_view(frame: pd.DataFrame, chosen: tuple[int, int] | None = None, cell:
             ],
         )
         .add_params(pick)
-        .properties(width=n_heads * (k + 1) * cell * 2, height=n_layers * (k + 1) * cell)
+        .properties(width=n_heads * (k + 1) * cell * 2, height=n_layers * (k + 1) * cell, autosize=PAD)
     )
 
 
-def head_heatmap(frame: pd.DataFrame, title: str, cell: int = 12) -> alt.Chart:
+def head_heatmap(frame: pd.DataFrame, title: str, cell: int = 14) -> alt.Chart:
     """One head: rows are query tokens, columns key tokens (head_frame's long form)."""
     rows = frame.drop_duplicates("query").sort_values("query")["query_token"].tolist()
     cols = frame.drop_duplicates("key").sort_values("key")["key_token"].tolist()
@@ -85,7 +91,12 @@ def head_heatmap(frame: pd.DataFrame, title: str, cell: int = 12) -> alt.Chart:
         alt.Chart(frame, title=title)
         .mark_rect()
         .encode(
-            x=alt.X("key_token:N", sort=cols, title="key: the token looked at", axis=_token_axis(-70)),
+            x=alt.X(
+                "key_token:N",
+                sort=cols,
+                title="key: the token looked at",
+                axis=_token_axis(-70, every_label=_fit(len(cols), cell) >= 11 * len(cols)),
+            ),
             y=alt.Y("query_token:N", sort=rows, title="query: the token looking", axis=_token_axis(0)),
             color=alt.Color("weight:Q", scale=WEIGHT_SCALE, title="weight"),
             tooltip=[
@@ -94,7 +105,7 @@ def head_heatmap(frame: pd.DataFrame, title: str, cell: int = 12) -> alt.Chart:
                 alt.Tooltip("weight:Q", format=".4f"),
             ],
         )
-        .properties(width=max(200, cell * len(cols)), height=max(120, cell * len(rows)))
+        .properties(width=_fit(len(cols), cell), height=max(60, cell * len(rows)), autosize=PAD)
     )
 
 
@@ -115,7 +126,7 @@ def group_heatmap(frame: pd.DataFrame, title: str, cell: int = 12) -> alt.Chart:
                 alt.Tooltip("weight:Q", format=".4f"),
             ],
         )
-        .properties(width=max(200, 60 * len(cols)), height=max(120, cell * len(rows)))
+        .properties(width=_fit(len(cols), 70), height=max(60, cell * len(rows)), autosize=PAD)
     )
 
 
@@ -126,7 +137,12 @@ def turn_bars(frame: pd.DataFrame, title: str) -> alt.Chart:
         alt.Chart(frame, title=title)
         .mark_bar()
         .encode(
-            x=alt.X("token:N", sort=tokens, title="reply token", axis=_token_axis(-70)),
+            x=alt.X(
+                "token:N",
+                sort=tokens,
+                title="reply token",
+                axis=_token_axis(-70, every_label=_fit(len(tokens), 16) >= 11 * len(tokens)),
+            ),
             y=alt.Y("share:Q", stack="normalize", title="share of attention", axis=alt.Axis(format="%")),
             color=alt.Color(
                 "category:N",
@@ -141,9 +157,15 @@ def turn_bars(frame: pd.DataFrame, title: str) -> alt.Chart:
                 alt.Tooltip("share:Q", format=".2%"),
             ],
         )
-        .properties(width=max(300, 16 * len(tokens)), height=260)
+        .properties(width=_fit(len(tokens), 16), height=260, autosize=PAD)
     )
 
 
-def _token_axis(angle: int, limit: int = 110) -> alt.Axis:
-    return alt.Axis(labelAngle=angle, labelLimit=limit, labelFontSize=10)
+def _fit(n: int, cell: int) -> int:
+    """Width for n columns: cell px each, shrunk (down to 6 px) to fit PLOT_WIDTH."""
+    return n * max(6, min(cell, PLOT_WIDTH // max(n, 1)))
+
+
+def _token_axis(angle: int, limit: int = 110, every_label: bool = True) -> alt.Axis:
+    """every_label: draw every label (cells are wide enough) instead of Vega thinning them."""
+    return alt.Axis(labelAngle=angle, labelLimit=limit, labelFontSize=10, labelOverlap=not every_label)
