@@ -11,7 +11,7 @@ from core.conversation import Message, PromptTooLong, build_prompt
 from core.generation import new_trace, stream
 from core.html import markdown_safe
 from core.settings import DEFAULT_SYSTEM_PROMPT, SamplingSettings
-from pages import common, explain_panel
+from pages import common, explain_panel, transfer
 
 EXAMPLES = [
     "What is the capital of Australia?",
@@ -49,6 +49,8 @@ def sidebar() -> SamplingSettings:
     with sb.expander("System prompt"):
         text = st.text_area("System prompt", DEFAULT_SYSTEM_PROMPT, key=common.SYSTEM_PROMPT, height=120)
         history[0].content = text
+    with sb.expander("Save or load the conversation"):
+        transfer.show()
     settings = SamplingSettings(temperature, top_k, top_p, max_new, int(seed)).validated()
     st.session_state[common.SETTINGS] = settings
     common.model_badge(lm)
