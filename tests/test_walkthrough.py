@@ -108,3 +108,17 @@ def test_architecture_diagram_escapes_the_model_name():
     svg = architecture_svg("<script>alert(1)</script>", 30)
     assert "<script>" not in svg and "&lt;script&gt;" in svg
     assert svg.startswith("<svg") and svg.endswith("</svg>") and "30 decoder blocks" in svg
+
+
+def test_charts_build_from_live_data(lm, walk):
+    from core.charts import walkthrough as charts
+
+    specs = [
+        charts.embedding_strip(wt.embedding_cells(walk.embedding)).to_dict(),
+        charts.layer_trajectory(walk.layers).to_dict(),
+        charts.logit_dots(wt.top_logits(lm, walk.logits)).to_dict(),
+        charts.temperature_bars(wt.temperature_table(lm, walk.logits, 0.5, walk.context[-1]), 0.5).to_dict(),
+    ]
+    assert all("$schema" in spec for spec in specs)
+    strip = specs[0]
+    assert len(strip["datasets"][next(iter(strip["datasets"]))]) == 576

@@ -87,8 +87,15 @@ def temperature_bars(table: pd.DataFrame, temperature: float) -> alt.LayerChart:
     long["which"] = long["which"].map(dict(zip(["raw_prob", "prob"], labels)))
     order = list(table["token"])
     room = min(float(long["value"].max()) * 1.15, 1.15)  # space for the value labels
+    # past 100% the extra room is only for labels: no ticks there
+    axis = alt.Axis(format="%", values=[t / 10 for t in range(11)]) if room > 1 else alt.Axis(format="%")
     base = alt.Chart(long).encode(
-        x=alt.X("value:Q", title="probability", axis=alt.Axis(format="%"), scale=alt.Scale(domain=[0, room])),
+        x=alt.X(
+            "value:Q",
+            title="probability",
+            axis=axis,
+            scale=alt.Scale(domain=[0, room]),
+        ),
         y=alt.Y("token:N", sort=order, title=None, axis=alt.Axis(labelOverlap=False)),
         yOffset=alt.YOffset("which:N", sort=labels),
         tooltip=["token:N", "which:N", alt.Tooltip("value:Q", format=".2%")],
