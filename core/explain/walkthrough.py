@@ -117,6 +117,35 @@ def layer_table(lm: LoadedModel, states: torch.Tensor) -> pd.DataFrame:
     )
 
 
+_HOOK_NEEDS = ("q_proj", "k_proj", "head_dim", "num_key_value_groups", "scaling")
+
+
+def _hooks_fit(lm: LoadedModel) -> bool:
+    """Whether the attention modules look like Llama's (what the recomputing hook relies on)."""
+    layers = getattr(getattr(lm.model, "model", None), "layers", None)
+    if not layers:
+        return False
+    attn = getattr(layers[0], "self_attn", None)
+    module = sys.modules.get(type(attn).__module__)
+    return all(hasattr(attn, a) for a in _HOOK_NEEDS) and hasattr(module, "apply_rotary_pos_emb")
+
+
+def eager_last_row(lm: LoadedModel, ids: list[int]) -> np.ndarray:
+    """The reference, and the fallback for other architectures: (layers, heads, T).
+
+    One pass with eager attention and output_attentions, keeping only the last query's row.
+    Costs layers × heads × T² floats while it runs, so it is used only when the hooks do not fit.
+    """
+    with lm.lock, torch.inference_mode():
+        before = lm.model.config._attn_implementation
+        lm.model.set_attn_implementation("eager")
+        try:
+            out = lm.model(input_ids=torch.tensor([ids]), output_attentions=True, use_cache=False)
+        finally:
+            lm.model.set_attn_implementation(before)
+    return torch.stack([a[0, :, -1].float() for a in out.attentions]).numpy()  # (layers, heads, T)
+
+
 def last_position_attention(lm: LoadedModel, ids: list[int]) -> np.ndarray:
     """Attention of the last position over every context token: (layers, heads, T).
 
@@ -126,6 +155,8 @@ def last_position_attention(lm: LoadedModel, ids: list[int]) -> np.ndarray:
     instead of heads × T². subtle: the last query may attend to every key, so no causal mask
     is needed for its row. The hooks live only while the model lock is held.
     """
+    if not _hooks_fit(lm):
+        return eager_last_row(lm, ids)
     rows: dict[int, torch.Tensor] = {}
 
     def make_hook(index: int):
