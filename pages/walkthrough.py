@@ -225,7 +225,9 @@ with stage(
     table = wt.temperature_table(lm, walk.logits, temperature, chosen.token_id)
     st.altair_chart(charts.temperature_bars(table, temperature), width="stretch")
     warm = sampling_probs(walk.logits, SamplingSettings(temperature=temperature, top_k=0, top_p=1.0))
-    st.caption(f"At temperature {temperature:g}, the {tokens_for_mass(warm):,} most likely tokens hold 90%.")
+    mass = tokens_for_mass(warm)
+    who = "the single most likely token holds" if mass == 1 else f"the {mass:,} most likely tokens hold"
+    st.caption(f"At temperature {temperature:g}, {who} 90% of the probability.")
 
 choices = wt.choice_table(lm, walk.logits, trace.settings, chosen.token_id)
 with stage(

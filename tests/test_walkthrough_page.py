@@ -63,7 +63,7 @@ def test_walks_all_nine_stages_of_a_real_reply(lm, chatted):
 
     at.slider(key="walkthrough.temperature").set_value(1.5).run()
     assert not at.exception
-    assert any("At temperature 1.5" in c.value for c in at.caption)
+    assert any("At temperature 1.5," in c.value for c in at.caption)
     at.selectbox(key="walkthrough.layer").set_value(4).run()
     assert not at.exception
 
