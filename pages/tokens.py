@@ -229,14 +229,14 @@ st.caption(
 )
 all_rows, text_rows, expected = pick_source()
 text = show_tokens(all_rows, text_rows, expected)
-tabs = st.tabs(["Table", "Counts and context budget", "Another tokenizer", "BPE merges", "Vocabulary"])
-with tabs[0]:
-    table_tab(all_rows)
-with tabs[1]:
-    counts_tab(all_rows)
-with tabs[2]:
-    compare_tab(text)
-with tabs[3]:
-    bpe_tab()
-with tabs[4]:
-    vocabulary_tab()
+# One view at a time (a radio, not st.tabs): only the chosen view is computed, and charts
+# are drawn while visible (a Vega chart drawn inside a hidden tab came out empty).
+VIEWS = {
+    "Table": lambda: table_tab(all_rows),
+    "Counts and context budget": lambda: counts_tab(all_rows),
+    "Another tokenizer": lambda: compare_tab(text),
+    "BPE merges": bpe_tab,
+    "Vocabulary": vocabulary_tab,
+}
+view = st.radio("View", list(VIEWS), horizontal=True, key="tokens.view", label_visibility="collapsed")
+VIEWS[view]()

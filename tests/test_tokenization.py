@@ -118,3 +118,16 @@ def test_wordpiece_differs_from_byte_level_bpe(tok):
     assert any(t.startswith("##") for t in table["text"])
     assert table["unknown"].any()  # no byte fallback: the emoji is [UNK]
     assert len(table) != len(tz.text_table(tok, "Tokenizers differ 😀"))
+
+
+def test_budget_bar_draws_only_the_window(tok, two_turn):
+    from core.charts.tokens import budget_bar
+
+    usage = tz.budget_usage(
+        tok, [*two_turn, Message("assistant", "Rome."), Message("user", "Why?")], 2048, 64
+    )
+    spec = budget_bar(usage.segments, usage.budget).to_dict()
+    (rows,) = spec["datasets"].values()
+    assert sum(r["tokens"] for r in rows) == 2048 and "left out" not in {r["status"] for r in rows}
+    # regression: without a y band and a step height Streamlit squeezed the bar to nothing
+    assert "y" in spec["encoding"] and spec["height"] == {"step": 36}

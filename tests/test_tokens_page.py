@@ -62,20 +62,30 @@ def test_chat_message_shows_the_ids_the_model_read(conversation, lm):
 
 def test_free_text_round_trip_bpe_and_vocabulary(conversation, lm):
     text = "naïve café\t\t東京 مرحبا 👨‍👩‍👧"
-    at = _open(
-        conversation,
-        **{"tokens.source": "Free text", "tokens.free_text": text, "tokens.bpe_word": "unbelievable"},
-    )
+    at = _open(conversation, **{"tokens.source": "Free text", "tokens.free_text": text})
     assert not at.exception
     table = at.dataframe[0].value
     assert isinstance(table, pd.DataFrame) and (table["part"] == "free text").all()
     assert b"".join(bytes.fromhex(h) for h in table["bytes"]) == text.encode("utf-8")
-    successes = " ".join(s.value for s in at.success)
-    assert "byte for byte" in successes
-    assert "3 token(s): the merges reproduce" in successes  # un + belie + vable
+    assert "byte for byte" in at.success[0].value
     assert int(at.metric[0].value.replace(",", "")) == len(table)
-    markdown = " ".join(m.value for m in at.markdown)
-    assert "WordPiece: " in markdown and "Typed in a message: **one token (id" in markdown
+
+    at.radio(key="tokens.view").set_value("BPE merges").run()
+    assert not at.exception
+    assert "3 token(s): the merges reproduce" in " ".join(s.value for s in at.success)  # un+belie+vable
+    at.radio(key="tokens.view").set_value("Another tokenizer").run()
+    assert "WordPiece: " in " ".join(m.value for m in at.markdown)
+    at.radio(key="tokens.view").set_value("Vocabulary").run()
+    assert not at.exception
+    assert "Typed in a message: **one token (id" in " ".join(m.value for m in at.markdown)
+
+
+def test_counts_and_budget_view(conversation):
+    at = _open(conversation, **{"tokens.message": 1, "tokens.view": "Counts and context budget"})
+    assert not at.exception
+    counts = at.dataframe[0].value.set_index("message")
+    assert counts.loc["1", "template tokens"] == 5
+    assert any("kept free for the reply" in m.value for m in at.markdown)
 
 
 def test_whole_prompt_of_a_reply(conversation, lm):

@@ -30,6 +30,7 @@ def budget_bar(segments: pd.DataFrame, budget: int) -> alt.Chart:
             x=alt.X(
                 "sum(tokens):Q", title=f"tokens (budget {budget:,})", scale=alt.Scale(domain=[0, budget])
             ),
+            y=alt.Y("window:N", title=None, axis=None),
             color=alt.Color(
                 "status:N",
                 scale=alt.Scale(domain=list(STATUS_COLOURS), range=list(STATUS_COLOURS.values())),
@@ -43,7 +44,10 @@ def budget_bar(segments: pd.DataFrame, budget: int) -> alt.Chart:
                 alt.Tooltip("status:N"),
             ],
         )
-        .properties(height=60)
+        .transform_calculate(window="'context window'")
+        # subtle: a fixed pixel height is squeezed by Streamlit's "fit" sizing (the axis and
+        # legend eat it and the bar vanishes); a band step keeps the bar visible.
+        .properties(height=alt.Step(36))
     )
 
 
@@ -60,5 +64,5 @@ def pieces_per_tokenizer(counts: pd.DataFrame) -> alt.Chart:
             y=alt.Y("tokenizer:N", title=None, sort=None),
             tooltip=["tokenizer:N", alt.Tooltip("tokens:Q", format=",")],
         )
-        .properties(height=80)
+        .properties(height=alt.Step(28))
     )

@@ -22,6 +22,12 @@ def _whole_page(page, name: str) -> None:
     screenshot(page, name)
 
 
+def _view(page, name: str) -> None:
+    page.locator('[data-testid="stRadio"]').filter(has_text=name).get_by_text(name, exact=True).click()
+    page.wait_for_timeout(300)
+    wait_idle(page)
+
+
 def test_tokens_of_a_message_with_emoji_and_code(page):
     quick_replies(page, max_new_tokens=8)
     send_chat(page, MESSAGE)
@@ -35,14 +41,23 @@ def test_tokens_of_a_message_with_emoji_and_code(page):
     assert page.get_by_text("prompt of reply 1", exact=False).count() == 1
     assert page.get_by_text("byte for byte", exact=False).count() == 1
     # template badges: <|im_start|> and <|im_end|> of the user's turn, never the typed one
-    message_chips = page.locator(".gb-chips").first  # later tabs hold more chips
+    message_chips = page.locator(".gb-chips").first  # other views hold more chips
     specials = message_chips.locator(".gb-chip.special").all_inner_texts()
     assert len(specials) == 2 and all(t.split()[0] in ("<|im_start|>", "<|im_end|>") for t in specials)
     assert message_chips.locator(".gb-chip.bytes").count() >= 4  # emoji pieces shown as <0x..> bytes
     assert page.locator(".gb-chips b").count() == 0 and flag_value(page) is None  # text, not markup
     _whole_page(page, "tokens-message-emoji-code")
 
-    page.get_by_role("tab", name="BPE merges").click()
-    page.wait_for_timeout(500)
+    _view(page, "BPE merges")
     assert page.get_by_text("the merges reproduce the tokenizer's own output", exact=False).count() == 1
     _whole_page(page, "tokens-bpe-merges")
+
+    _view(page, "Counts and context budget")
+    assert page.get_by_text("kept free for the reply", exact=False).count() == 1
+    _whole_page(page, "tokens-counts-budget")  # waits for the chart to draw
+    assert page.locator('[data-testid="stVegaLiteChart"]').count() >= 1  # the budget bar
+
+    _view(page, "Another tokenizer")
+    assert page.get_by_text("all-MiniLM-L6-v2, WordPiece:", exact=False).count() == 1
+    _whole_page(page, "tokens-wordpiece")
+    assert_no_exception(page)
