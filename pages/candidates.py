@@ -213,5 +213,5 @@ what_if_view(trace, i)
 whole_reply(trace, i)
 branch_view(ref, i)
 lens_view(trace, i)
-with st.expander("Export or load a conversation"):
+with st.expander("Export or load a conversation", expanded=st.session_state.pop(transfer.FRESH, False)):
     transfer.show()

@@ -14,7 +14,7 @@ import streamlit as st
 from core.cache import BoundedCache
 from core.conversation import Message
 from core.explain.candidates import reply_chips, uncertain_moments
-from core.explain.summary import context_before, summarize
+from core.explain.summary import context_before, percent, summarize
 from core.export import explanation_json
 from core.html import chips, probability_legend, text_block
 from core.tokens import readable
@@ -63,19 +63,22 @@ def show(message: Message) -> None:
         for i in uncertain_moments(trace, 3):
             step = trace.steps[i]
             before = context_before(tok, trace, i) or "(start of the reply)"
-            label = f"Step {i + 1}: {readable(tok, step.token_id)} at {step.prob:.0%}, after “{before}”"
+            label = (
+                f"Step {i + 1}: “{readable(tok, step.token_id)}” at {percent(step.prob)}, after “{before}”"
+            )
             st.page_link(
                 "pages/candidates.py",
                 label=plain_label(label),
                 icon="🎯",
                 query_params={"reply": trace.trace_id, "step": str(i)},
             )
-        cols = st.columns(len(EXPLAIN_PAGES) + 1)
+        st.markdown("**Explain this reply on**")
         available = [p for p in EXPLAIN_PAGES if (ROOT / p[0]).is_file()]
-        for col, (path, title, icon) in zip(cols, available, strict=False):
-            with col:
+        cols = st.columns(3)
+        for k, (path, title, icon) in enumerate(available):
+            with cols[k % 3]:
                 st.page_link(path, label=title, icon=icon, query_params={"reply": trace.trace_id})
-        cols[-1].download_button(
+        st.download_button(
             "⬇ Explanation (JSON)",
             data=lambda: explanation_json(tok, message),
             file_name=f"glassbox-reply-{trace.trace_id}.json",

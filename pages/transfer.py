@@ -14,6 +14,7 @@ from pages import common
 
 UPLOAD = "transfer.upload"
 RESULT = "transfer.result"  # ("success" | "error", text) from the last import
+FRESH = "transfer.fresh"  # True on the run right after an import attempt
 
 
 def _import() -> None:
@@ -22,6 +23,7 @@ def _import() -> None:
     if uploaded is None:
         return
     lm = common.chat_model()
+    st.session_state[FRESH] = True
     try:
         loaded = load_conversation(uploaded.getvalue(), lm.name, lm.vocab_size)
     except ImportRejected as exc:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import copy
 
-from core.explain.summary import hardest_step, summarize
+from core.explain.summary import hardest_step, percent, summarize
 from core.settings import SamplingSettings
 from core.tokens import readable
 from tests.conftest import make_trace
@@ -20,7 +20,7 @@ def test_summary_names_the_hardest_step(lm, greedy_trace):
     sure = sum(s.prob > 0.9 for s in steps)
     assert f"over 90% sure of {sure} of {len(steps)} tokens" in text
     assert f"(step {i + 1})" in text
-    assert f"picked '{readable(lm.tokenizer, step.token_id)}' ({step.prob:.0%})" in text
+    assert f"picked '{readable(lm.tokenizer, step.token_id)}' ({percent(step.prob)})" in text
     assert f"over '{readable(lm.tokenizer, runner_up)}'" in text
 
 
@@ -38,7 +38,7 @@ def test_summary_explains_a_sampled_low_rank_pick(lm, two_turn):
     i = hardest_step(trace)
     text = summarize(lm.tokenizer, trace)
     if trace.steps[i].rank > 1:
-        assert f"choice number {trace.steps[i].rank}" in text
+        assert f"choice number {trace.steps[i].rank}: the sampler's temperature (1.5)" in text
     else:
         assert "choice number" not in text
 
@@ -47,3 +47,7 @@ def test_empty_reply(lm, greedy_trace):
     trace = copy.deepcopy(greedy_trace)
     trace.steps = []
     assert "nothing" in summarize(lm.tokenizer, trace)
+
+
+def test_percent_never_reads_zero():
+    assert (percent(0.38), percent(0.004), percent(0.00001)) == ("38%", "0.4%", "<0.1%")

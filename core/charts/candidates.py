@@ -28,7 +28,12 @@ def candidates_bar(df: pd.DataFrame, value: str = "prob", title: str = "probabil
         alt.Chart(data)
         .mark_bar()
         .encode(
-            y=alt.Y("label:N", sort=list(data["label"]), title=None, axis=alt.Axis(labelLimit=220)),
+            y=alt.Y(
+                "label:N",
+                sort=list(data["label"]),
+                title=None,
+                axis=alt.Axis(labelLimit=220, labelOverlap=False),
+            ),
             x=alt.X(f"{value}:Q", title=title, axis=alt.Axis(format="%"), scale=alt.Scale(domain=[0, 1])),
             color=alt.condition(alt.datum.chosen, alt.value(CHOSEN), alt.value(OTHER)),
             tooltip=[
@@ -37,7 +42,7 @@ def candidates_bar(df: pd.DataFrame, value: str = "prob", title: str = "probabil
                 alt.Tooltip(f"{value}:Q", format=".2%", title=title),
             ],
         )
-        .properties(height=max(120, 22 * len(data)))
+        .properties(height=alt.Step(20))
     )
 
 
