@@ -49,7 +49,8 @@ def pick_message() -> tuple[pd.DataFrame, str]:
 
 def pick_source() -> tuple[pd.DataFrame, pd.DataFrame, str | None]:
     """(all rows to show, the rows that are text, the text they must decode to exactly)."""
-    source = st.radio("Show the tokens of", SOURCES, horizontal=True, key="tokens.source")
+    linked = 1 if st.query_params.get("reply") else 0  # a link from a reply opens its whole prompt
+    source = st.radio("Show the tokens of", SOURCES, index=linked, horizontal=True, key="tokens.source")
     if source == SOURCES[2]:
         text = st.text_area(
             "Free text", "Tokenizers don't split at spaces: unbelievable 😀👍🏽", key="tokens.free_text"
@@ -123,6 +124,15 @@ def counts_tab(table: pd.DataFrame) -> None:
     st.markdown("**Tokens per message** (text tokens are the message itself; the rest is the chat template)")
     st.dataframe(tokenization.counts(table), hide_index=True, width="stretch")
     history = common.messages()
+    latest = next((m.trace for m in reversed(history) if m.trace is not None), None)
+    if latest is not None:
+        st.markdown(
+            "**The whole conversation**, as the latest reply read it (its prompt) and wrote it "
+            "(its tokens). The last row totals it."
+        )
+        st.dataframe(
+            tokenization.counts(tokenization.trace_table(tok, latest)), hide_index=True, width="stretch"
+        )
     if not any(m.role == "user" for m in history):
         return
     reserve = common.settings().max_new_tokens

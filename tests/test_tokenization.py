@@ -131,3 +131,17 @@ def test_budget_bar_draws_only_the_window(tok, two_turn):
     assert sum(r["tokens"] for r in rows) == 2048 and "left out" not in {r["status"] for r in rows}
     # regression: without a y band and a step height Streamlit squeezed the bar to nothing
     assert "y" in spec["encoding"] and spec["height"] == {"step": 36}
+
+
+def test_a_message_left_out_of_every_prompt_says_so(tok, two_turn):
+    from core.settings import SamplingSettings
+
+    messages = [*two_turn[:2], Message("assistant", "Paris. " * 60), two_turn[3]]
+    prompt = build_prompt(tok, messages, budget=60)
+    assert prompt.dropped_turns == 1
+    trace = Trace(prompt.ids, prompt.spans, SamplingSettings(), "SmolLM2")  # the prompt as the model got it
+    messages.append(Message("assistant", "", trace=trace))
+    found = tz.message_tokens(tok, messages, 1)
+    assert found.trace is None and "Left out of every later prompt" in found.source
+    assert tz.joined_bytes(tok, found.text_ids) == messages[1].content.encode()
+    assert tz.message_tokens(tok, messages, 3).trace is trace  # the newest question was read

@@ -85,6 +85,10 @@ def test_counts_and_budget_view(conversation):
     assert not at.exception
     counts = at.dataframe[0].value.set_index("message")
     assert counts.loc["1", "template tokens"] == 5
+    whole = at.dataframe[1].value.set_index("message")  # the whole conversation, reply included
+    trace = conversation[2].trace
+    assert whole.loc["all", "tokens"] == len(trace.prompt_ids) + len(trace.steps)
+    assert list(whole.index[:-1]) == ["0", "1", "2"]
     assert any("kept free for the reply" in m.value for m in at.markdown)
 
 
@@ -95,6 +99,16 @@ def test_whole_prompt_of_a_reply(conversation, lm):
     table = at.dataframe[0].value
     assert table["id"].tolist() == trace.prompt_ids + trace.output_ids
     assert table["special"].sum() >= 5  # im_start/im_end of system, user, and the reply header
+
+
+def test_a_link_to_a_reply_opens_its_whole_prompt(conversation):
+    at = AppTest.from_file(APP, default_timeout=180)
+    at.session_state["chat.messages"] = conversation
+    at.switch_page(PAGE)
+    at.query_params["reply"] = conversation[2].trace.trace_id
+    at.run()
+    assert not at.exception
+    assert at.radio(key="tokens.source").value == "The whole prompt of a reply"
 
 
 def test_empty_conversation_points_to_the_chat(lm):

@@ -141,11 +141,15 @@ def message_tokens(tokenizer: Any, messages: list[Message], index: int) -> Messa
     """
     if not 0 <= index < len(messages):
         raise IndexError(f"There is no message {index}; the conversation has {len(messages)}.")
+    left_out = False  # a later reply exists, but its prompt had no room for this message
     for position in range(index + 1, len(messages)):
         later = messages[position]
         for take in [later, *later.alternatives]:
             trace = take.trace
-            if trace is None or not any(s.message_index == index for s in trace.spans):
+            if trace is None:
+                continue
+            if not any(s.message_index == index for s in trace.spans):
+                left_out = True
                 continue
             table = trace_table(tokenizer, trace, include_reply=False)
             rows = table[table["message"] == index].reset_index(drop=True)
@@ -161,7 +165,12 @@ def message_tokens(tokenizer: Any, messages: list[Message], index: int) -> Messa
         rows = table[table["message"] == reply_index(own)].reset_index(drop=True)
         return MessageTokens(
             rows,
-            "Written by the model token by token (no later prompt has read it back yet).",
+            "Written by the model token by token; "
+            + (
+                "later prompts left it out to fit the context budget."
+                if left_out
+                else "no later prompt has read it back yet."
+            ),
             own,
             own.output_ids,
         )
@@ -170,7 +179,9 @@ def message_tokens(tokenizer: Any, messages: list[Message], index: int) -> Messa
     rows = table[table["message"] == index].reset_index(drop=True)
     return MessageTokens(
         rows,
-        "Not read by the model yet: this is how the next prompt will tokenize it.",
+        "Left out of every later prompt to fit the context budget: this is how it would be tokenized."
+        if left_out
+        else "Not read by the model yet: this is how the next prompt will tokenize it.",
         None,
         rows.loc[rows["part"] == "content", "id"].tolist(),
     )
