@@ -53,7 +53,10 @@ def pick_source() -> tuple[pd.DataFrame, pd.DataFrame, str | None]:
     source = st.radio("Show the tokens of", SOURCES, index=linked, horizontal=True, key="tokens.source")
     if source == SOURCES[2]:
         text = st.text_area(
-            "Free text", "Tokenizers don't split at spaces: unbelievable 😀👍🏽", key="tokens.free_text"
+            "Free text",
+            "Tokenizers don't split at spaces: unbelievable 😀👍🏽",
+            max_chars=20_000,
+            key="tokens.free_text",
         )
         table = _tables.get_or_compute(("text", text), lambda: tokenization.text_table(tok, text))
         return table, table, text
@@ -67,7 +70,8 @@ def pick_source() -> tuple[pd.DataFrame, pd.DataFrame, str | None]:
             f"included) and the {len(trace.steps):,} tokens it wrote."
         )
         table = tokenization.trace_table(tok, trace)
-        return table, table[table["part"].isin(["content", tokenization.REPLY_PART])], None
+        text_rows = table[table["part"].isin(["content", tokenization.REPLY_PART]) & ~table["special"]]
+        return table, text_rows, None
     table, expected = pick_message()
     text_rows = table[table["part"].isin(["content", tokenization.REPLY_PART]) & ~table["special"]]
     return table, text_rows, expected
@@ -80,7 +84,9 @@ def show_tokens(table: pd.DataFrame, text_rows: pd.DataFrame, expected: str | No
     cols[0].metric("Tokens", f"{len(table):,}")
     cols[1].metric("Template / special tokens", f"{int(table['special'].sum()) + _template(table):,}")
     cols[2].metric("Characters of text", f"{len(text):,}")
-    cols[3].metric("Characters per token", f"{len(text) / len(text_rows):.2f}" if len(text_rows) else "–")
+    cols[3].metric(
+        "Characters per text token", f"{len(text) / len(text_rows):.2f}" if len(text_rows) else "–"
+    )
     if expected is not None:
         if tokenization.joined_bytes(tok, text_rows["id"].tolist()) == expected.encode("utf-8"):
             st.success("Joining the tokens' bytes gives back the text exactly, byte for byte.", icon="✅")
@@ -222,7 +228,7 @@ def vocabulary_tab() -> None:
         right.write(f"Typed in a message: **{verdict}**.")
         right.write(f"After a space: **{len(found.spaced_ids)}** token(s) {found.spaced_ids}.")
         right.html(chips(tokenization.chips_for(tokenization.text_table(tok, piece))))
-        if found.vocab_id is not None and not found.single:
+        if found.vocab_id is not None and tokenization.lookup_id(tok, found.vocab_id)["special"]:
             right.caption(
                 f"The vocabulary has it as id {found.vocab_id}, a special token: typed text never becomes "
                 "one, so a user cannot end their turn early."
@@ -239,8 +245,7 @@ st.caption(
 )
 all_rows, text_rows, expected = pick_source()
 text = show_tokens(all_rows, text_rows, expected)
-# One view at a time (a radio, not st.tabs): only the chosen view is computed, and charts
-# are drawn while visible (a Vega chart drawn inside a hidden tab came out empty).
+# One view at a time (a radio, not st.tabs): only the chosen view is computed on each rerun.
 VIEWS = {
     "Table": lambda: table_tab(all_rows),
     "Counts and context budget": lambda: counts_tab(all_rows),

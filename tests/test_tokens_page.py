@@ -101,6 +101,15 @@ def test_whole_prompt_of_a_reply(conversation, lm):
     assert table["special"].sum() >= 5  # im_start/im_end of system, user, and the reply header
 
 
+def test_vocabulary_lookup_of_a_special_token(conversation):
+    state = {"tokens.view": "Vocabulary", "tokens.lookup_id": 2, "tokens.lookup_text": "<|im_end|>"}
+    at = _open(conversation, **state)
+    assert not at.exception
+    assert "gb-chip special" in _chips_html(at)  # id 2 is drawn as a badge
+    assert "Typed in a message: **7 tokens" in " ".join(m.value for m in at.markdown)
+    assert any("cannot end their turn early" in c.value for c in at.caption)
+
+
 def test_a_link_to_a_reply_opens_its_whole_prompt(conversation):
     at = AppTest.from_file(APP, default_timeout=180)
     at.session_state["chat.messages"] = conversation
