@@ -179,7 +179,7 @@ def chromium_available() -> bool:
 # -- helpers for the hardening suites (hostile input, concurrency, faults, journeys) ------------
 
 # Hostile payloads set this window property if they ever run; it must stay unset.
-FLAG = "__glassboxPwned"
+FLAG = "glassboxPwned"
 
 
 def new_session(browser, url: str, path: str = ""):
@@ -248,4 +248,25 @@ def go_to(page, title: str) -> None:
 
 def nav_titles(page) -> list[str]:
     """The titles in the sidebar menu: the pages that exist right now."""
-    return [t.strip() for t in page.locator('[data-testid="stSidebarNav"] a').all_inner_texts()]
+    texts = page.locator('[data-testid="stSidebarNav"] a').all_inner_texts()
+    return [[line.strip() for line in t.splitlines() if line.strip()][-1] for t in texts]
+
+
+def send_and_wait(page, text: str, timeout: float = 300_000) -> list[str]:
+    """Send a message and wait for its complete reply (the footer line appears); returns chat_texts.
+
+    Sturdier than send_chat on a busy machine: it waits for the reply itself, not a script state
+    that may not have changed yet.
+    """
+    before = page.locator('[data-testid="stChatMessage"]').count()
+    start_send(page, text)
+    page.wait_for_function(
+        """(n) => { const m = document.querySelectorAll('[data-testid="stChatMessage"]');
+                    const app = document.querySelector('[data-testid="stApp"]');
+                    return m.length >= n + 2 && / tokens/.test(m[m.length - 1].innerText)
+                           && app.getAttribute('data-test-script-state') === 'notRunning'; }""",
+        arg=before,
+        timeout=timeout,
+    )
+    wait_idle(page, timeout)
+    return chat_texts(page)
