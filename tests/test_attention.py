@@ -67,14 +67,40 @@ def test_captured_weights_times_values_reproduce_the_real_attention_output(lm, g
     assert not np.allclose(wrong.numpy(), seen["out"].numpy(), atol=2e-4)
 
 
-def test_the_model_is_back_on_sdpa_and_unlocked_even_after_a_failure(lm, greedy_trace):
-    def boom(layer, w):
+def test_recomputed_rows_equal_the_eager_weights(lm, greedy_trace, overview, weights):
+    """The fast path (sdpa + recomputing hooks) against the library's own eager attention."""
+    assert overview.method == "hooks"
+    eager = att.compute_layer(lm, greedy_trace, LAYER, method="eager")
+    np.testing.assert_allclose(weights, eager, atol=2e-5)
+    reference = att.compute_overview(lm, greedy_trace, method="eager")
+    np.testing.assert_allclose(overview.grouped, reference.grouped, atol=2e-5)
+    np.testing.assert_allclose(overview.thumbs, reference.thumbs, atol=2e-5)
+    cols = ["entropy_bits", "first_token", "previous_token", "current_question"]
+    np.testing.assert_allclose(overview.stats[cols], reference.stats[cols], atol=1e-4)
+
+
+def test_the_model_is_back_on_sdpa_unhooked_and_unlocked_even_after_a_failure(lm, greedy_trace):
+    def boom(*args):
         raise KeyError("stop")
 
+    everything = torch.arange(len(greedy_trace.full_ids))
     with pytest.raises(KeyError):
         att.eager_pass(lm, greedy_trace.full_ids, boom)
+    with pytest.raises(KeyError):
+        att.hooks_pass(lm, greedy_trace.full_ids, lambda i: everything, boom)
     assert lm.model.config._attn_implementation == "sdpa"
     assert not lm.lock.locked()
+    assert all(not m._forward_pre_hooks and not m._forward_hooks for m in att.attention_modules(lm.model))
+
+
+def test_thumbnail_rows_sample_each_block_evenly():
+    rows, blocks = att.thumbnail_rows(50, 6)  # short: every row
+    assert rows.tolist() == list(range(50))
+    rows, blocks = att.thumbnail_rows(2000, 6)
+    assert len(rows) == 6 * att.THUMB_ROWS
+    assert rows.tolist() == sorted(set(rows.tolist()))
+    assert rows[0] == 0 and rows[-1] == 1999
+    assert blocks.bincount().tolist() == [att.THUMB_ROWS] * 6
 
 
 def test_a_layer_pass_stops_after_its_layer(lm, greedy_trace):

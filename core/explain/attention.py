@@ -1,24 +1,29 @@
 """Attention patterns behind a reply: where each token looked, at every layer and head.
 
-One eager-attention forward pass over the reply's whole sequence (prompt + reply) records the
-attention weights. subtle: 30 layers x 9 heads x T^2 floats is 4.5 GB at T = 2048, so the
-weights are never kept for all layers. A forward hook on each attention block reduces that
-layer's (heads, T, T) weights at once to what the page shows, and lets them go:
+One forward pass over the reply's whole sequence (prompt + reply) records attention weights.
+subtle: 30 layers x 9 heads x T^2 floats is 4.5 GB at T = 2048, so the weights are never kept
+for all layers, and for most layers not even computed for every row. The model runs with its
+fast sdpa attention (which never materialises weights); a pre-hook on each attention block
+recomputes softmax(q·kᵀ/√d) from the block's own projections, with rotary positions and the
+causal mask, for just the query rows the page needs, and reduces them at once:
 
 - head statistics over the reply's rows (entropy, sink, previous token, current question);
 - the reply rows' attention summed by column group (each message's text, template tokens,
   the reply itself): (layers, heads, reply, groups);
-- a small block-averaged thumbnail of each head for the model view: (layers, heads, k, k);
+- a small thumbnail of each head for the model view, from a fixed sample of query rows per
+  row block: (layers, heads, k, k);
 - the reply rows averaged over every layer and head: (reply, T);
-- and the full weights of ONE layer, for the head and per-token views: (heads, T, T).
+- and every row of ONE layer, for the head and per-token views: (heads, T, T).
 
-Results are cached per (trace, length) in bounded caches, so revisits are instant and memory
-stays flat. Generation keeps using sdpa: eager attention is switched on only inside this pass,
-with the model lock held for the whole pass.
+Models whose attention blocks do not look like Llama's fall back to one eager pass (the
+reference the tests compare against). Results are cached per (trace, length) in bounded
+caches, so revisits are instant and memory stays flat. The model lock is held for the pass.
 """
 
 from __future__ import annotations
 
+import sys
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -32,6 +37,7 @@ from core.tokens import readable
 from core.trace import Trace
 
 THUMB = 6  # model-view thumbnail side: 30 x 9 heads x 36 cells = 9,720 cells in one chart
+THUMB_ROWS = 16  # query rows sampled per thumbnail row block
 SINK_HEAD = 0.5  # a head whose reply rows give at least this share to the first token
 PREVIOUS_HEAD = 0.5  # ... or to the previous token
 CATEGORIES = ["System prompt", "Earlier turns", "Current question", "Template tokens", "This reply so far"]
@@ -62,6 +68,7 @@ class AttentionOverview:
     reply_mean: np.ndarray  # (R, T) reply rows averaged over every layer and head
     stats: pd.DataFrame  # one row per (layer, head)
     seconds: float  # how long the pass took
+    method: str  # "hooks" (sdpa + recomputed rows) or "eager"
 
     @property
     def n_tokens(self) -> int:
@@ -157,18 +164,133 @@ def eager_pass(
             model.set_attn_implementation(previous)
 
 
+_HOOK_NEEDS = ("q_proj", "k_proj", "head_dim", "num_key_value_groups", "scaling")
+
+
+def hooks_fit(lm: LoadedModel) -> bool:
+    """Whether the attention blocks look like Llama's (what the recomputing hook relies on)."""
+    modules = attention_modules(lm.model)
+    if not modules:
+        return False
+    rope = getattr(sys.modules.get(type(modules[0]).__module__), "apply_rotary_pos_emb", None)
+    return rope is not None and all(hasattr(modules[0], a) for a in _HOOK_NEEDS)
+
+
+def _recompute(module, h: torch.Tensor, position_embeddings, rows: torch.Tensor) -> torch.Tensor:
+    """softmax(q·kᵀ·scale) for the query positions `rows` of one Llama-style block: (H, r, T).
+
+    h: the block's input (1, T, d). Keys after a query's own position are masked out.
+    """
+    T, hd = h.shape[1], module.head_dim
+    cos, sin = position_embeddings  # (1, T, head_dim) each
+    rope = sys.modules[type(module).__module__].apply_rotary_pos_emb
+    q = module.q_proj(h[:, rows]).view(1, len(rows), -1, hd).transpose(1, 2)  # (1, H, r, hd)
+    k = module.k_proj(h).view(1, T, -1, hd).transpose(1, 2)  # (1, KV, T, hd)
+    q, _ = rope(q, q, cos[:, rows], sin[:, rows])
+    _, k = rope(k, k, cos, sin)
+    k = k.repeat_interleave(module.num_key_value_groups, dim=1)[0]  # (H, T, hd)
+    masked = torch.arange(T)[None, :] > rows[:, None]  # (r, T): keys after the query are hidden
+    weights = torch.empty(q.shape[1], len(rows), T)  # (H, r, T)
+    for head in range(q.shape[1]):  # one head at a time: r x T scores, not H x r x T
+        scores = (q[0, head] @ k[head].T).float() * module.scaling  # (r, T)
+        weights[head] = torch.softmax(scores.masked_fill_(masked, float("-inf")), dim=-1)
+    return weights
+
+
+def hooks_pass(
+    lm: LoadedModel,
+    ids: list[int],
+    rows_for: Callable[[int], torch.Tensor],
+    on_layer: Callable[[int, torch.Tensor, torch.Tensor], None],
+    last_layer: int | None = None,
+) -> None:
+    """Run the model as it generates (sdpa) and recompute the attention rows asked for.
+
+    rows_for(layer) -> the query positions wanted (LongTensor); on_layer(layer, rows, weights)
+    gets weights of shape (heads, len(rows), T). Each row is softmax(q·kᵀ·scale) over the keys
+    at or before its position, from the block's own q/k projections with rotary applied.
+    """
+    model = lm.model
+    modules = attention_modules(model)
+
+    def hook(layer: int):
+        def run(module, args, kwargs) -> None:
+            rows = rows_for(layer)
+            if len(rows):
+                h = kwargs["hidden_states"] if "hidden_states" in kwargs else args[0]  # (1, T, d)
+                on_layer(layer, rows, _recompute(module, h, kwargs["position_embeddings"], rows))
+            if last_layer is not None and layer >= last_layer:
+                raise _StopPass
+
+        return run
+
+    with lm.lock, torch.inference_mode():
+        handles = [m.register_forward_pre_hook(hook(i), with_kwargs=True) for i, m in enumerate(modules)]
+        try:
+            model.get_decoder()(input_ids=torch.tensor([ids]), use_cache=False)
+        except _StopPass:
+            pass
+        finally:
+            for h in handles:
+                h.remove()
+
+
+def attention_pass(
+    lm: LoadedModel,
+    ids: list[int],
+    rows_for: Callable[[int], torch.Tensor],
+    on_layer: Callable[[int, torch.Tensor, torch.Tensor], None],
+    last_layer: int | None = None,
+    method: str = "auto",
+) -> str:
+    """The chosen query rows of every layer (up to last_layer), by hooks or eager -> the method used.
+
+    method "auto" uses the hooks when they fit the model, else the eager pass.
+    """
+    if method == "auto":
+        method = "hooks" if hooks_fit(lm) else "eager"
+    if method == "hooks":
+        hooks_pass(lm, ids, rows_for, on_layer, last_layer)
+    elif method == "eager":
+
+        def full(layer: int, w: torch.Tensor) -> None:
+            rows = rows_for(layer)
+            on_layer(layer, rows, w[:, rows])
+
+        eager_pass(lm, ids, full, last_layer)
+    else:
+        raise ValueError(f"unknown attention method {method!r}")
+    return method
+
+
 def _bins(n: int, k: int) -> np.ndarray:
     """Equal-width bin index for each of n positions, k bins. 10, 3 -> [0 0 0 0 1 1 1 2 2 2]."""
     return np.minimum((np.arange(n) * k) // max(n, 1), k - 1)
 
 
-def compute_overview(lm: LoadedModel, trace: Trace, keep_layer: int | None = None) -> AttentionOverview:
-    """One eager pass over trace.full_ids -> the overview (and, if asked, one layer's weights).
+def thumbnail_rows(T: int, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Up to THUMB_ROWS evenly spaced query positions in each of k row blocks.
+
+    -> (positions (S,), block of each (S,)). Every row is taken when T <= k * THUMB_ROWS.
+    """
+    bins = _bins(T, k)
+    rows: list[int] = []
+    blocks: list[int] = []
+    for b in range(k):
+        members = np.flatnonzero(bins == b)
+        picks = np.unique(np.linspace(0, len(members) - 1, min(THUMB_ROWS, len(members))).round().astype(int))
+        rows += members[picks].tolist()
+        blocks += [b] * len(picks)
+    return torch.tensor(rows), torch.tensor(blocks)
+
+
+def compute_overview(
+    lm: LoadedModel, trace: Trace, keep_layer: int | None = None, method: str = "auto"
+) -> AttentionOverview:
+    """One pass over trace.full_ids -> the overview (and, if asked, every row of one layer).
 
     The kept layer goes into the layer cache, so the head view needs no second pass.
     """
-    import time
-
     ids = trace.full_ids
     T, P = len(ids), len(trace.prompt_ids)
     R = T - P
@@ -182,9 +304,15 @@ def compute_overview(lm: LoadedModel, trace: Trace, keep_layer: int | None = Non
     onehot[torch.arange(T), torch.from_numpy(group_of)] = 1.0
     col_bins = torch.zeros(T, k)  # (T, k)
     col_bins[torch.arange(T), torch.from_numpy(_bins(T, k))] = 1.0
-    row_avg = col_bins.T / col_bins.sum(0, keepdim=True).T  # (k, T): mean over a row block
+    sample, sample_block = thumbnail_rows(T, k)  # (S,), (S,)
+    block_avg = torch.zeros(k, len(sample))  # (k, S): mean over a block's sampled rows
+    block_avg[sample_block, torch.arange(len(sample))] = 1.0
+    block_avg /= block_avg.sum(1, keepdim=True)
+    reply_rows = torch.arange(P, T)
+    needed = torch.cat([reply_rows, sample])
+    everything = torch.arange(T)
     current = [g for g, grp in enumerate(groups) if grp.category == "Current question"]
-    rows = torch.arange(R)
+    steps = torch.arange(R)
 
     grouped = np.zeros((L, H, R, G), dtype=np.float32)
     thumbs = np.zeros((L, H, k, k), dtype=np.float32)
@@ -192,23 +320,26 @@ def compute_overview(lm: LoadedModel, trace: Trace, keep_layer: int | None = Non
     stat = np.zeros((L, H, 4), dtype=np.float64)  # entropy, sink, previous, question
     kept: list[np.ndarray] = []
 
-    def on_layer(layer: int, w: torch.Tensor) -> None:
-        w = w.float()  # (H, T, T)
-        reply = w[:, P:, :]  # (H, R, T)
+    def on_layer(layer: int, rows: torch.Tensor, w: torch.Tensor) -> None:
+        where = torch.full((T,), -1, dtype=torch.long)
+        where[rows] = torch.arange(len(rows))  # position -> index into w's rows
+        reply = w[:, where[reply_rows]]  # (H, R, T)
         by_group = reply @ onehot  # (H, R, G)
         grouped[layer] = by_group.numpy()
-        thumbs[layer] = (row_avg @ (w @ col_bins)).numpy()  # (k,T) @ (H,T,k) -> (H,k,k)
+        thumbs[layer] = (block_avg @ (w[:, where[sample]] @ col_bins)).numpy()  # (k,S)@(H,S,k) -> (H,k,k)
         reply_sum.add_(reply.sum(0))
         entropy = -(reply * torch.log2(reply.clamp_min(1e-30))).sum(-1)  # (H, R)
         stat[layer, :, 0] = entropy.mean(-1).numpy()
         stat[layer, :, 1] = reply[:, :, 0].mean(-1).numpy()
-        stat[layer, :, 2] = reply[:, rows, P - 1 + rows].mean(-1).numpy()
+        stat[layer, :, 2] = reply[:, steps, P - 1 + steps].mean(-1).numpy()
         stat[layer, :, 3] = by_group[:, :, current].sum(-1).mean(-1).numpy() if current else 0.0
         if layer == keep_layer:
-            kept.append(w.numpy())  # no copy: nothing writes to these weights later
+            kept.append(w.numpy())  # every row, in order; no copy: nothing writes to it later
 
     start = time.perf_counter()
-    eager_pass(lm, ids, on_layer)
+    used = attention_pass(
+        lm, ids, lambda i: everything if i == keep_layer else needed, on_layer, method=method
+    )
     seconds = time.perf_counter() - start
     if kept:
         _LAYERS.get_or_compute(_layer_key(trace, keep_layer), lambda: kept[0])
@@ -223,6 +354,7 @@ def compute_overview(lm: LoadedModel, trace: Trace, keep_layer: int | None = Non
         reply_mean=(reply_sum / (L * H)).numpy(),
         stats=_stats_frame(stat),
         seconds=seconds,
+        method=used,
     )
 
 
@@ -245,17 +377,21 @@ def _stats_frame(stat: np.ndarray) -> pd.DataFrame:
     return df
 
 
-def compute_layer(lm: LoadedModel, trace: Trace, layer: int) -> np.ndarray:
-    """The full weights of one layer: (heads, T, T). The pass stops after that layer."""
+def compute_layer(lm: LoadedModel, trace: Trace, layer: int, method: str = "auto") -> np.ndarray:
+    """Every row of one layer: (heads, T, T). Earlier layers compute no rows; the pass stops after it."""
     if not 0 <= layer < lm.n_layers:
         raise ValueError(f"layer must be in 0..{lm.n_layers - 1}, got {layer}")
+    T = len(trace.full_ids)
+    everything, nothing = torch.arange(T), torch.zeros(0, dtype=torch.long)
     kept: list[np.ndarray] = []
 
-    def on_layer(i: int, w: torch.Tensor) -> None:
+    def on_layer(i: int, rows: torch.Tensor, w: torch.Tensor) -> None:
         if i == layer:
-            kept.append(w.float().numpy())
+            kept.append(w.numpy())
 
-    eager_pass(lm, trace.full_ids, on_layer, last_layer=layer)
+    attention_pass(
+        lm, trace.full_ids, lambda i: everything if i == layer else nothing, on_layer, layer, method
+    )
     return kept[0]
 
 
