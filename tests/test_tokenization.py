@@ -27,6 +27,7 @@ def test_trace_table_is_the_prompt_then_the_reply(tok, greedy_trace: Trace):
     reply = table[table["part"] == tz.REPLY_PART]
     assert reply["id"].tolist() == greedy_trace.output_ids
     assert set(reply["message"]) == {tz.reply_index(greedy_trace)} == {4}
+    assert tz.table_text(reply[~reply["special"]]) == greedy_trace.text  # what the chat page showed
     # the template tokens are badges; the typed text never is
     assert set(table.loc[table["special"], "text"]) <= {"<|im_start|>", "<|im_end|>"}
     assert not table.loc[table["part"] == "content", "special"].any()

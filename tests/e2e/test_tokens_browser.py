@@ -61,3 +61,15 @@ def test_tokens_of_a_message_with_emoji_and_code(page):
     assert page.get_by_text("all-MiniLM-L6-v2, WordPiece:", exact=False).count() == 1
     _whole_page(page, "tokens-wordpiece")
     assert_no_exception(page)
+
+    page.locator('[data-testid="stRadio"]').filter(has_text="Free text").get_by_text(
+        "The whole prompt of a reply", exact=True
+    ).click()
+    page.wait_for_timeout(300)
+    wait_idle(page)
+    _view(page, "Table")
+    assert (
+        page.locator(".gb-chips").first.locator(".gb-chip.special").count() >= 5
+    )  # system, user, reply header
+    assert_no_exception(page)
+    _whole_page(page, "tokens-whole-prompt")
