@@ -91,10 +91,8 @@ def token_view() -> None:
         f"({shown.shape[1]} numbers each). Click a token to highlight it in the heatmap; double-click "
         "to clear."
     )
-    previous = st.session_state.get("embeddings.map")
-    highlight = selected_position(previous)
     event = st.altair_chart(
-        charts.token_scatter(emb.token_map(labels, positions, projection), projection.explained, highlight),
+        charts.token_scatter(emb.token_map(labels, positions, projection), projection.explained),
         key="embeddings.map",
         on_select="rerun",
         selection_mode=charts.TOKEN_SELECTION,
@@ -103,7 +101,8 @@ def token_view() -> None:
     with heat_box:
         frame = emb.similarity_frame(labels, emb.cosine_matrix(shown), positions)
         st.altair_chart(
-            charts.similarity_heatmap(frame, f"Cosine similarity of the {what}", highlight, cell=12)
+            charts.similarity_heatmap(frame, f"Cosine similarity of the {what}", highlight, cell=12),
+            width="content",
         )
     if highlight is not None and start <= highlight < end:
         token_id = ids[highlight - start]
@@ -169,7 +168,9 @@ def conversation_view() -> None:
     vectors = emb.sentence_vectors(embedder, units["text"].tolist())  # (n, 384)
     st.caption("Vectors from the sentence-embedding model all-MiniLM-L6-v2 (384 numbers per text).")
     frame = emb.similarity_frame(units["label"].tolist(), emb.cosine_matrix(vectors), units["unit"].tolist())
-    st.altair_chart(charts.similarity_heatmap(frame, f"Cosine similarity of every {by}", cell=22))
+    st.altair_chart(
+        charts.similarity_heatmap(frame, f"Cosine similarity of every {by}", cell=22), width="content"
+    )
     points, projection = emb.message_map(units, vectors)
     st.altair_chart(charts.message_scatter(points, projection.explained))
     st.caption(f"The two axes keep {sum(projection.explained):.0%} of the variance.")
@@ -201,7 +202,9 @@ def free_text_view() -> None:
         st.info("Type at least two sentences, one per line.")
         return
     frame = emb.text_similarity(common.embedder(), lines)
-    st.altair_chart(charts.similarity_heatmap(frame, "Cosine similarity of your sentences", cell=60))
+    st.altair_chart(
+        charts.similarity_heatmap(frame, "Cosine similarity of your sentences", cell=60), width="content"
+    )
     pairs = frame[frame["row"] < frame["col"]].sort_values("similarity", ascending=False)
     st.dataframe(
         pairs[["row_label", "col_label", "similarity"]].rename(

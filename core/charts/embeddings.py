@@ -16,45 +16,55 @@ SIMILARITY_SCALE = alt.Scale(scheme="blueorange", domain=[-1, 1], domainMid=0)
 
 def similarity_heatmap(
     frame: pd.DataFrame, title: str, highlight: int | None = None, cell: int = 14
-) -> alt.Chart:
+) -> alt.Chart | alt.LayerChart:
     """A cosine-similarity heatmap from similarity_frame's long form.
 
     Axes keep the sequence order (by `row`/`col` position). highlight: a position whose row
-    and column stay opaque while the rest fades, so a token picked on the map stands out.
+    and column are outlined while the rest fades, so a token picked on the map stands out.
     """
     order = frame.drop_duplicates("row").sort_values("row")["row_label"].tolist()
     n = len(order)
+    in_cross = (alt.datum.row == highlight) | (alt.datum.col == highlight)
     opacity = (
-        alt.condition(
-            (alt.datum.row == highlight) | (alt.datum.col == highlight), alt.value(1.0), alt.value(0.25)
-        )
-        if highlight is not None
-        else alt.value(1.0)
+        alt.condition(in_cross, alt.value(1.0), alt.value(0.3)) if highlight is not None else alt.value(1.0)
     )
-    return (
-        alt.Chart(frame, title=title)
-        .mark_rect()
-        .encode(
-            x=alt.X("col_label:N", sort=order, title=None, axis=alt.Axis(labelAngle=-60, labelLimit=90)),
-            y=alt.Y("row_label:N", sort=order, title=None, axis=alt.Axis(labelLimit=120)),
-            color=alt.Color("similarity:Q", scale=SIMILARITY_SCALE, title="cosine"),
-            opacity=opacity,
-            tooltip=[
-                alt.Tooltip("row_label:N", title="row"),
-                alt.Tooltip("col_label:N", title="column"),
-                alt.Tooltip("similarity:Q", title="cosine similarity", format=".4f"),
-            ],
-        )
-        .properties(width=max(160, cell * n), height=max(160, cell * n))
+    font = 9 if cell < 16 else 11
+    base = alt.Chart(frame, title=title).encode(
+        x=alt.X(
+            "col_label:N",
+            sort=order,
+            title=None,
+            axis=alt.Axis(labelAngle=-60, labelLimit=90, labelOverlap=False, labelFontSize=font),
+        ),
+        y=alt.Y(
+            "row_label:N",
+            sort=order,
+            title=None,
+            axis=alt.Axis(labelLimit=140, labelOverlap=False, labelFontSize=font),
+        ),
     )
+    cells = base.mark_rect().encode(
+        color=alt.Color("similarity:Q", scale=SIMILARITY_SCALE, title="cosine"),
+        opacity=opacity,
+        tooltip=[
+            alt.Tooltip("row_label:N", title="row"),
+            alt.Tooltip("col_label:N", title="column"),
+            alt.Tooltip("similarity:Q", title="cosine similarity", format=".4f"),
+        ],
+    )
+    size = {"width": max(160, cell * n), "height": max(160, cell * n)}
+    if highlight is None:
+        return cells.properties(**size)
+    outline = base.mark_rect(fill=None, stroke="#e11d48", strokeWidth=1.2).transform_filter(in_cross)
+    return (cells + outline).properties(**size)
 
 
-def token_scatter(
-    frame: pd.DataFrame, explained: tuple[float, float], highlight: int | None = None
-) -> alt.Chart:
+def token_scatter(frame: pd.DataFrame, explained: tuple[float, float]) -> alt.LayerChart:
     """A 2D PCA map of tokens with text labels; clicking a point selects its position.
 
-    frame: token_map's columns (position, token, x, y).
+    frame: token_map's columns (position, token, x, y). The clicked point turns red in the
+    browser itself: the spec never depends on the selection, so a click cannot re-draw the
+    chart and reset its own selection.
     """
     pick = alt.selection_point(name=TOKEN_SELECTION, fields=["position"], on="click", clear="dblclick")
     base = alt.Chart(frame).encode(
@@ -62,12 +72,8 @@ def token_scatter(
         y=alt.Y("y:Q", title=f"PC2 ({explained[1]:.0%} of the variance)", axis=alt.Axis(labels=False)),
         tooltip=[alt.Tooltip("token:N"), alt.Tooltip("position:Q")],
     )
-    colour = (
-        alt.condition(alt.datum.position == highlight, alt.value("#e11d48"), alt.value("#2563eb"))
-        if highlight is not None
-        else alt.value("#2563eb")
-    )
-    points = base.mark_circle(size=70).encode(color=colour, opacity=alt.value(0.8)).add_params(pick)
+    colour = alt.condition(pick, alt.value("#e11d48"), alt.value("#2563eb"), empty=False)
+    points = base.mark_circle(size=70).encode(color=colour, opacity=alt.value(0.85)).add_params(pick)
     labels = base.mark_text(align="left", dx=6, dy=-4, fontSize=11, color="#334155").encode(text="token:N")
     return (points + labels).properties(height=420, title="The message's tokens, projected to 2D (PCA)")
 

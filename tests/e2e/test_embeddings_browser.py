@@ -1,0 +1,90 @@
+"""The embeddings page in a real browser, on a real two-turn conversation: one screenshot per view."""
+
+from tests.e2e.conftest import (
+    assert_no_exception,
+    go_to,
+    quick_replies,
+    screenshot,
+    send_chat,
+    wait_idle,
+)
+
+CHARTS = '[data-testid="stVegaLiteChart"]'
+
+
+def _whole_page(page, name: str) -> None:
+    """subtle: Streamlit scrolls an inner element, so grow the viewport to fit the page first."""
+    page.wait_for_timeout(1500)  # charts draw after the script has finished
+    height = page.evaluate("() => document.querySelector('[data-testid=\"stMain\"]').scrollHeight")
+    page.set_viewport_size({"width": 1400, "height": int(height) + 100})
+    page.wait_for_timeout(1000)
+    screenshot(page, name)
+    page.set_viewport_size({"width": 1400, "height": 1000})
+
+
+def _view(page, name: str) -> None:
+    page.locator('[data-testid="stButtonGroup"] button').filter(has_text=name).first.click()
+    page.wait_for_timeout(300)
+    wait_idle(page)
+    assert_no_exception(page)
+
+
+def test_every_view_of_the_embeddings_page(page):
+    quick_replies(page, max_new_tokens=40)
+    send_chat(page, "Why does my cat sleep in the sun all day?")
+    send_chat(page, "And why did stock prices fall this week?")
+    go_to(page, "Embeddings")
+    assert_no_exception(page)
+    page.locator(CHARTS).nth(1).wait_for()
+    assert page.locator(CHARTS).count() == 2  # heatmap and token map
+    assert page.get_by_text("of the variance of these", exact=False).count() == 1
+    _whole_page(page, "embeddings-tokens-input")
+
+    # a point on the map highlights its token and lists its nearest words
+    page.locator(CHARTS).nth(1).locator("g.mark-symbol path").nth(2).click(force=True)
+    page.wait_for_timeout(500)
+    wait_idle(page)
+    assert_no_exception(page)
+    assert page.get_by_text("Nearest words to", exact=False).count() == 1
+    _whole_page(page, "embeddings-tokens-selected")
+
+    # The first hidden-state layer runs the model once over the whole reply: on a shared 2-core
+    # machine that can take minutes, so this step waits longer than set_slider does.
+    thumb = page.locator('[data-testid="stSlider"]').filter(has_text="Which vectors").locator("input")
+    thumb.focus()
+    for key in ["Home", *(["ArrowRight"] * 12)]:
+        thumb.press(key)
+    thumb.blur()
+    page.wait_for_timeout(300)
+    wait_idle(page, 400_000)
+    assert thumb.input_value() == "12"
+    assert_no_exception(page)
+    page.locator(CHARTS).nth(1).wait_for()
+    assert page.locator(CHARTS).count() == 2
+    _whole_page(page, "embeddings-tokens-layer12")
+
+    _view(page, "Nearest words")
+    page.get_by_label("Word").fill("king")
+    page.get_by_label("Word").press("Enter")
+    page.wait_for_timeout(300)
+    wait_idle(page)
+    assert page.locator(CHARTS).count() == 1
+    _whole_page(page, "embeddings-nearest-king")
+
+    _view(page, "Analogy")
+    assert page.get_by_text("imperfectly", exact=False).count() == 1
+    _whole_page(page, "embeddings-analogy")
+
+    _view(page, "Conversation")
+    assert page.locator(CHARTS).count() == 3  # heatmap, map by role, "what was this reply about?"
+    _whole_page(page, "embeddings-conversation-messages")
+    page.locator('[data-testid="stRadio"] label').filter(has_text="every sentence").click()
+    page.wait_for_timeout(300)
+    wait_idle(page)
+    assert_no_exception(page)
+    _whole_page(page, "embeddings-conversation-sentences")
+
+    _view(page, "Free text")
+    assert page.locator(CHARTS).count() == 1
+    _whole_page(page, "embeddings-free-text")
+    assert_no_exception(page)
