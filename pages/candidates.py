@@ -15,6 +15,7 @@ from core.cache import BoundedCache
 from core.charts.candidates import STEP_PICK, candidates_bar, lens_heatmap, reply_line, what_if_side_by_side
 from core.explain.candidates import reply_chips, steps_table, tokens_for_90, top_candidates, what_if
 from core.explain.lens import first_layer_with_answer, lens_table
+from core.explain.summary import percent
 from core.html import chips, probability_legend
 from core.settings import SamplingSettings
 from core.tokens import readable
@@ -131,7 +132,7 @@ def branch_view(ref: common.ReplyRef, i: int) -> None:
     choice = st.selectbox(
         "Continue from this step with",
         options,
-        format_func=lambda t: f"{readable(tok, t)}  ({step.top_probs[step.top_ids.index(t)]:.1%})",
+        format_func=lambda t: f"{readable(tok, t)}  ({percent(step.top_probs[step.top_ids.index(t)])})",
         key="candidates.branch_token",
     )
     if st.button(

@@ -18,11 +18,15 @@ def _labelled(df: pd.DataFrame) -> pd.DataFrame:
     return data
 
 
-def candidates_bar(df: pd.DataFrame, value: str = "prob", title: str = "probability") -> alt.Chart:
+def candidates_bar(
+    df: pd.DataFrame, value: str = "prob", title: str = "probability", full_scale: bool = False
+) -> alt.Chart:
     """Horizontal bars of the top candidates; the chosen token in red.
 
     df: columns rank, token, chosen and `value` (top_candidates() or what_if()).
+    full_scale: x axis from 0 to 100% (so two charts side by side compare), else fitted.
     """
+    scale = alt.Scale(domain=[0, 1]) if full_scale else alt.Scale(zero=True)
     data = _labelled(df)
     return (
         alt.Chart(data)
@@ -34,7 +38,7 @@ def candidates_bar(df: pd.DataFrame, value: str = "prob", title: str = "probabil
                 title=None,
                 axis=alt.Axis(labelLimit=220, labelOverlap=False),
             ),
-            x=alt.X(f"{value}:Q", title=title, axis=alt.Axis(format="%"), scale=alt.Scale(domain=[0, 1])),
+            x=alt.X(f"{value}:Q", title=title, axis=alt.Axis(format="%"), scale=scale),
             color=alt.condition(alt.datum.chosen, alt.value(CHOSEN), alt.value(OTHER)),
             tooltip=[
                 alt.Tooltip("token:N"),
@@ -51,8 +55,8 @@ def what_if_side_by_side(df: pd.DataFrame, label: str) -> alt.HConcatChart:
 
     df: what_if() output; label: how the what-if settings read, e.g. "T=1.5, top-p=0.9".
     """
-    left = candidates_bar(df, "original", "original (T=1, no filters)")
-    right = candidates_bar(df, "what_if", f"what if {label}")
+    left = candidates_bar(df, "original", "original (T=1, no filters)", full_scale=True)
+    right = candidates_bar(df, "what_if", f"what if {label}", full_scale=True)
     return alt.hconcat(left, right)
 
 
@@ -70,11 +74,15 @@ def reply_line(table: pd.DataFrame, current: int | None = None) -> alt.LayerChar
         alt.Tooltip("prob:Q", format=".1%"),
         alt.Tooltip("entropy:Q", format=".2f", title="entropy (bits)"),
     ]
-    prob = base.mark_line(color=OTHER, point=alt.OverlayMarkDef(size=40, filled=True)).encode(
-        y=alt.Y("prob:Q", title="chosen token's probability", axis=alt.Axis(format="%", titleColor=OTHER)),
-        tooltip=tips,
+    prob_y = alt.Y("prob:Q", title="chosen token's probability", axis=alt.Axis(format="%", titleColor=OTHER))
+    prob_line = base.mark_line(color=OTHER).encode(y=prob_y)
+    # clickable points: the selection lives on a point mark (nearest click picks the closest step)
+    points = (
+        base.mark_circle(color=OTHER, size=45, opacity=0.9)
+        .encode(y=alt.Y("prob:Q", axis=None), tooltip=tips)
+        .add_params(pick)
     )
-    prob = prob.add_params(pick)
+    prob = alt.layer(prob_line, points)
     entropy = base.mark_line(color="#f59e0b", strokeDash=[4, 3]).encode(
         y=alt.Y("entropy:Q", title="entropy (bits)", axis=alt.Axis(titleColor="#f59e0b")),
         tooltip=tips,
@@ -93,11 +101,18 @@ def lens_heatmap(table: pd.DataFrame) -> alt.LayerChart:
     model's real output; the emitted token is outlined.
     """
     data = table.copy()
-    data["cell"] = [f"{t} {p:.0%}" for t, p in zip(data["token"], data["prob"], strict=True)]
+    data["cell"] = [
+        f"{t} {p:.0%}" if p >= 0.01 else f"{t} <1%" for t, p in zip(data["token"], data["prob"], strict=True)
+    ]
     layers = sorted(data["layer"].unique(), reverse=True)
     base = alt.Chart(data).encode(
-        x=alt.X("rank:O", title="rank at this layer", axis=alt.Axis(orient="top")),
-        y=alt.Y("layer:O", sort=layers, title="layer (0 = embeddings, top = output)"),
+        x=alt.X("rank:O", title="rank at this layer", axis=alt.Axis(orient="top", labelAngle=0)),
+        y=alt.Y(
+            "layer:O",
+            sort=layers,
+            title="layer (0 = embeddings, top = output)",
+            axis=alt.Axis(labelOverlap=False),
+        ),
     )
     cells = base.mark_rect(stroke="white").encode(
         color=alt.Color("prob:Q", scale=alt.Scale(scheme="greens", domain=[0, 1]), title="probability"),
@@ -113,4 +128,4 @@ def lens_heatmap(table: pd.DataFrame) -> alt.LayerChart:
         text="cell:N",
         color=alt.condition(alt.datum.prob > 0.5, alt.value("white"), alt.value("#111")),
     )
-    return alt.layer(cells, chosen, text).properties(height=18 * len(layers), width=650)
+    return alt.layer(cells, chosen, text).properties(height=alt.Step(20), width=alt.Step(130))

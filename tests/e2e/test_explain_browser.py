@@ -152,6 +152,16 @@ def test_timing_for_a_long_reply(page, lm, tmp_path, n_tokens):
     page_s = time.perf_counter() - start
     assert page.get_by_role("heading", name="Next-word candidates").count() == 1
     assert_no_exception(page)
+    # the last step, where the lens reads the whole 200-token context: click its token
+    page.get_by_text("Click a token to jump to its step").click()
+    pills = page.locator('[data-testid="stExpander"]', has_text="Click a token").locator("button")
+    pills.last.wait_for()
+    assert pills.count() == n_tokens
+    pills.last.click()
+    page.wait_for_timeout(300)
+    wait_idle(page)
+    thumb = page.locator('[data-testid="stSlider"]').first.locator('[data-testid="stSliderThumbValue"]')
+    assert thumb.inner_text() == str(n_tokens - 1)
     start = time.perf_counter()
     page.get_by_text("Compute the logit lens at this step").click()
     page.wait_for_timeout(200)
@@ -159,6 +169,18 @@ def test_timing_for_a_long_reply(page, lm, tmp_path, n_tokens):
     lens_s = time.perf_counter() - start
     assert page.get_by_text("Computed in").count() == 1
     screenshot(page, "candidates-200-tokens-lens")
+
+    # clicking the whole-reply chart selects the nearest step
+    chart = page.locator('[data-testid="stVegaLiteChart"]').nth(2)
+    chart.scroll_into_view_if_needed()
+    box = chart.bounding_box()
+    page.mouse.click(box["x"] + box["width"] * 0.3, box["y"] + box["height"] * 0.4)
+    page.wait_for_timeout(500)
+    wait_idle(page)
+    screenshot(page, "candidates-200-tokens-chart-click")
+    picked = int(thumb.inner_text())
+    assert 10 < picked < n_tokens - 10, picked
+    assert_no_exception(page)
     TIMINGS.parent.mkdir(parents=True, exist_ok=True)
     with TIMINGS.open("a") as f:
         f.write(f"{n_tokens}-token reply: candidates page {page_s:.2f} s, logit lens {lens_s:.2f} s\n")
