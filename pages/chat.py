@@ -132,8 +132,13 @@ def generate_reply(previous: Message | None = None) -> None:
         stop_slot = st.empty()
         stop_slot.button("⏹ Stop", key="chat.stop", help="Stop the reply here and keep what was written.")
         waiting = st.empty()
+        from core.kvcache import SessionKV  # this session's KV cache: a follow-up reads only new tokens
+
         chunks = stream(
-            lm, trace, on_wait=lambda: waiting.info("Waiting for the model: another reply is being written…")
+            lm,
+            trace,
+            on_wait=lambda: waiting.info("Waiting for the model: another reply is being written…"),
+            kv=st.session_state.setdefault("chat.kv", SessionKV()),
         )
 
         def pieces():
