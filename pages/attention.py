@@ -77,10 +77,11 @@ def window(n: int, size: int, label: str, key: str, default_end: int | None = No
 
 
 def model_view(ov: att.AttentionOverview, layer: int, head: int) -> None:
+    k = ov.thumbs.shape[-1]
     st.markdown(
-        "Each small square is one head: its whole sequence attending to itself, shrunk to "
-        f"{ov.thumbs.shape[-1]}×{ov.thumbs.shape[-1]} blocks (each head scaled to its own maximum). "
-        "A bright left column is a sink head; a bright diagonal a previous-token head. "
+        f"Each small square is one head: the whole sequence attending to itself, shrunk to {k}×{k} "
+        f"blocks (the mean of up to {att.THUMB_ROWS} evenly spaced rows per block; each head scaled to "
+        "its own maximum). A dark left column is a sink head; a dark diagonal a previous-token head. "
         "**Click a square to open that head.**"
     )
     chart = charts.model_view(att.model_view_frame(ov), chosen=(layer, head))
