@@ -83,10 +83,12 @@ def step_view(trace: Trace, i: int) -> None:
 def what_if_view(trace: Trace, i: int) -> None:
     step = trace.steps[i]
     st.subheader("What if the temperature or top-p were different?")
+    st.caption("The sliders start at the settings this reply was sampled with; move them to see the change.")
     c1, c2, c3 = st.columns(3)
-    temperature = c1.slider("Temperature", 0.0, 2.5, 1.0, 0.05, key="candidates.whatif_t")
-    top_p = c2.slider("Top-p", 0.05, 1.0, 1.0, 0.01, key="candidates.whatif_p")
-    top_k = c3.slider("Top-k (0 = off)", 0, 50, 0, key="candidates.whatif_k")
+    used = trace.settings  # the sliders start at what the sampler really used
+    temperature = c1.slider("Temperature", 0.0, 2.5, float(used.temperature), 0.05, key="candidates.whatif_t")
+    top_p = c2.slider("Top-p", 0.05, 1.0, float(used.top_p), 0.01, key="candidates.whatif_p")
+    top_k = c3.slider("Top-k (0 = off)", 0, 50, min(used.top_k, 50), key="candidates.whatif_k")
     settings = SamplingSettings(temperature=temperature, top_k=top_k, top_p=top_p)
     df = what_if(tok, step, settings, n=12)
     label = f"T={temperature:g}, top-p={top_p:g}" + (f", top-k={top_k}" if top_k else "")

@@ -42,10 +42,17 @@ def _conversation_file(lm, path: Path, user: str, reply_ids: list[int], tamper: 
     return path
 
 
+def _uploader(page):
+    """The import widget on the candidates page (not the chat sidebar's copy)."""
+    box = page.locator('[data-testid="stExpander"]', has_text="load a saved conversation").last
+    return box.locator('[data-testid="stFileUploaderDropzoneInput"]')
+
+
 def _import(page, path: Path) -> None:
     """Load a file through the transfer widget on the candidates page."""
     _nav(page, "Next-word candidates")
-    page.locator('[data-testid="stFileUploaderDropzoneInput"]').first.set_input_files(str(path))
+    page.get_by_role("heading", name="Next-word candidates").wait_for()
+    _uploader(page).set_input_files(str(path))
     page.get_by_text(f"{path.name} was not loaded").or_(page.get_by_text(f"Loaded {path.name}")).wait_for()
     wait_idle(page)
 
@@ -117,7 +124,7 @@ def test_import_rejects_bad_file_then_hostile_reply_stays_literal(page, lm, tmp_
     page.get_by_text("was not loaded").wait_for()
     assert page.get_by_text("There is no reply to explain yet").count() == 1  # nothing half-loaded
 
-    page.locator('[data-testid="stFileUploaderDropzoneInput"]').first.set_input_files(str(good))
+    _uploader(page).set_input_files(str(good))
     page.wait_for_timeout(800)
     wait_idle(page)
     page.get_by_text("Loaded hostile.json").wait_for()
