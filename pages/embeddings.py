@@ -76,12 +76,20 @@ def token_view() -> None:
     else:
         with st.spinner(f"Running the model once over all {len(trace.full_ids):,} tokens of this reply…"):
             vectors = emb.token_vectors(lm, trace, part, layer)  # (n, d)
+    centre = st.checkbox(
+        "Remove the direction all these tokens share (centre the vectors)",
+        False,
+        key="embeddings.centre",
+        help="Hidden states share a few very large directions, so their raw cosines are all high. "
+        "Subtracting the mean vector shows what differs between tokens. Equal input embeddings stay equal.",
+    )
     start, end = window(part.end - part.start, "embeddings.window")
     ids = trace.full_ids[part.start + start : part.start + end]
     labels = emb.token_labels(lm, ids)
     positions = list(range(start, end))
     shown = vectors[start:end]  # (w, d)
     what = "input embeddings" if layer == 0 else f"hidden states after layer {layer}"
+    what += ", centred" if centre else ""
 
     heat_box = st.container()
     projection = emb.pca_2d(shown)
@@ -99,7 +107,7 @@ def token_view() -> None:
     )
     highlight = selected_position(event)
     with heat_box:
-        frame = emb.similarity_frame(labels, emb.cosine_matrix(shown), positions)
+        frame = emb.similarity_frame(labels, emb.cosine_matrix(shown, centre), positions)
         st.altair_chart(
             charts.similarity_heatmap(frame, f"Cosine similarity of the {what}", highlight, cell=12),
             width="content",
@@ -167,7 +175,7 @@ def conversation_view() -> None:
         units = units.tail(MAX_UNITS).reset_index(drop=True)
     vectors = emb.sentence_vectors(embedder, units["text"].tolist())  # (n, 384)
     st.caption("Vectors from the sentence-embedding model all-MiniLM-L6-v2 (384 numbers per text).")
-    frame = emb.similarity_frame(units["label"].tolist(), emb.cosine_matrix(vectors), units["unit"].tolist())
+    frame = emb.similarity_frame(units["short"].tolist(), emb.cosine_matrix(vectors), units["unit"].tolist())
     st.altair_chart(
         charts.similarity_heatmap(frame, f"Cosine similarity of every {by}", cell=22), width="content"
     )

@@ -51,6 +51,22 @@ def test_equal_tokens_share_an_input_embedding_but_not_a_hidden_state(lm: Loaded
     assert in_context[first, second] < 0.99
 
 
+def test_centring_keeps_equal_tokens_equal_and_spreads_hidden_states(lm: LoadedModel, greedy_trace: Trace):
+    ids = greedy_trace.full_ids
+    of = lm.tokenizer.encode(" of", add_special_tokens=False)[0]
+    first, second = [i for i, t in enumerate(ids) if t == of][:2]
+    part = whole(greedy_trace)
+    centred = emb.cosine_matrix(emb.token_vectors(lm, greedy_trace, part, 0), centre=True)
+    assert centred[first, second] == pytest.approx(1.0, abs=1e-9)
+    np.testing.assert_allclose(np.diag(centred), 1.0)
+    np.testing.assert_array_equal(centred, centred.T)
+    states = emb.token_vectors(lm, greedy_trace, part, 12)[1:]  # (n, d) without the first token
+    off = ~np.eye(len(states), dtype=bool)
+    raw, spread = emb.cosine_matrix(states)[off], emb.cosine_matrix(states, centre=True)[off]
+    assert spread.mean() < raw.mean() - 0.1  # the shared direction made everything look alike
+    assert emb.cosine_matrix(np.ones((1, 4)), centre=True).tolist() == [[1.0]]
+
+
 def test_layer_vectors_come_from_one_cached_forward_pass(lm: LoadedModel, greedy_trace: Trace):
     states = emb.trace_states(lm, greedy_trace)
     assert states.shape == (lm.n_layers + 1, len(greedy_trace.full_ids), lm.model.config.hidden_size)

@@ -12,6 +12,10 @@ import pandas as pd
 TOKEN_SELECTION = "token"  # the scatter's point selection; the page reads event.selection[...]
 ROLE_COLOURS = {"system": "#64748b", "user": "#2563eb", "assistant": "#16a34a"}
 SIMILARITY_SCALE = alt.Scale(scheme="blueorange", domain=[-1, 1], domainMid=0)
+# subtle: Streamlit sizes charts with autosize "fit" unless the spec says otherwise, so long
+# axis labels eat into the plot and a heatmap of whole messages collapses to a sliver.
+PAD = alt.AutoSizeParams(type="pad", contains="padding")  # plot at its own size, labels outside
+FIT_X = alt.AutoSizeParams(type="fit-x", contains="padding")  # stretch the width, keep the height
 
 
 def similarity_heatmap(
@@ -52,7 +56,7 @@ def similarity_heatmap(
             alt.Tooltip("similarity:Q", title="cosine similarity", format=".4f"),
         ],
     )
-    size = {"width": max(160, cell * n), "height": max(160, cell * n)}
+    size = {"width": max(320, cell * n), "height": max(160, cell * n), "autosize": PAD}
     if highlight is None:
         return cells.properties(**size)
     outline = base.mark_rect(fill=None, stroke="#e11d48", strokeWidth=1.2).transform_filter(in_cross)
@@ -86,7 +90,7 @@ def neighbour_bars(frame: pd.DataFrame, title: str) -> alt.Chart:
         .mark_bar()
         .encode(
             x=alt.X("similarity:Q", title="cosine similarity", scale=alt.Scale(domain=[0, 1])),
-            y=alt.Y("token:N", sort=order, title=None),
+            y=alt.Y("token:N", sort=order, title=None, axis=alt.Axis(labelOverlap=False)),
             tooltip=[
                 alt.Tooltip("rank:Q"),
                 alt.Tooltip("token:N"),
@@ -94,7 +98,7 @@ def neighbour_bars(frame: pd.DataFrame, title: str) -> alt.Chart:
                 alt.Tooltip("similarity:Q", format=".4f"),
             ],
         )
-        .properties(height=max(120, 22 * len(frame)))
+        .properties(height=max(120, 22 * len(frame)), autosize=FIT_X)
     )
 
 
@@ -130,7 +134,7 @@ def ranking_bars(frame: pd.DataFrame, title: str) -> alt.Chart:
             x=alt.X(
                 "similarity:Q", title="cosine similarity to the reply", scale=alt.Scale(domain=[-0.2, 1])
             ),
-            y=alt.Y("label:N", sort=order, title=None, axis=alt.Axis(labelLimit=320)),
+            y=alt.Y("label:N", sort=order, title=None, axis=alt.Axis(labelLimit=320, labelOverlap=False)),
             color=alt.Color("role:N", scale=alt.Scale(domain=roles, range=[ROLE_COLOURS[r] for r in roles])),
             tooltip=[
                 alt.Tooltip("rank:Q"),
@@ -139,5 +143,5 @@ def ranking_bars(frame: pd.DataFrame, title: str) -> alt.Chart:
                 alt.Tooltip("similarity:Q", format=".4f"),
             ],
         )
-        .properties(height=max(120, 24 * len(frame)))
+        .properties(height=max(120, 24 * len(frame)), autosize=FIT_X)
     )

@@ -96,12 +96,19 @@ def token_vectors(lm: LoadedModel, trace: Trace, part: MessagePart, layer: int) 
 
 
 # -- similarity and projection ---------------------------------------------------------------
-def cosine_matrix(vectors: torch.Tensor | np.ndarray) -> np.ndarray:
-    """Cosine similarity of every pair of rows: (n, d) -> (n, n), symmetric, ones on the diagonal."""
-    x = torch.as_tensor(np.asarray(vectors) if not isinstance(vectors, torch.Tensor) else vectors)
-    x = torch.nn.functional.normalize(x.double(), dim=-1)  # (n, d), unit rows
+def cosine_matrix(vectors: torch.Tensor | np.ndarray, centre: bool = False) -> np.ndarray:
+    """Cosine similarity of every pair of rows: (n, d) -> (n, n), symmetric, ones on the diagonal.
+
+    centre subtracts the mean row first. subtle: hidden states share a few very large
+    directions, so raw cosines between them are all high; centring shows what differs.
+    """
+    x = torch.as_tensor(np.asarray(vectors) if not isinstance(vectors, torch.Tensor) else vectors).double()
+    if centre and x.shape[0] > 1:
+        x = x - x.mean(dim=0, keepdim=True)  # (n, d)
+    x = torch.nn.functional.normalize(x, dim=-1)  # (n, d), unit rows
     sim = (x @ x.T).clamp(-1.0, 1.0)  # (n, n)
     sim = (sim + sim.T) / 2  # exact symmetry despite rounding
+    sim.fill_diagonal_(1.0)  # a vector is like itself, even one that centring made zero
     return sim.numpy()
 
 
@@ -258,7 +265,8 @@ def sentence_vectors(embedder: Any, texts: list[str]) -> np.ndarray:
 def conversation_units(messages: list[Message], by: str = "message") -> pd.DataFrame:
     """The pieces of a conversation to compare: whole messages or sentences.
 
-    Columns: unit (0..n-1), message_index, role, text, label. Empty messages are skipped.
+    Columns: unit (0..n-1), message_index, role, text, label ("1.2 user: Why does…"),
+    short ("user: Why does…"). Empty messages are skipped.
     """
     if by not in ("message", "sentence"):
         raise ValueError("by must be 'message' or 'sentence'")
@@ -269,10 +277,11 @@ def conversation_units(messages: list[Message], by: str = "message") -> pd.DataF
             short = piece.replace("\n", " ")
             short = short[:40] + ("…" if len(short) > 40 else "")
             tag = f"{i}" if by == "message" else f"{i}.{j + 1}"
+            label = f"{m.role}: {short}"
             rows.append(
-                {"message_index": i, "role": m.role, "text": piece, "label": f"{tag} {m.role}: {short}"}
+                {"message_index": i, "role": m.role, "text": piece, "label": f"{tag} {label}", "short": label}
             )
-    frame = pd.DataFrame(rows, columns=["message_index", "role", "text", "label"])
+    frame = pd.DataFrame(rows, columns=["message_index", "role", "text", "label", "short"])
     frame.insert(0, "unit", range(len(frame)))
     return frame
 

@@ -29,10 +29,23 @@ def _view(page, name: str) -> None:
     assert_no_exception(page)
 
 
+def _chat(page, text: str, messages: int) -> None:
+    """Send a message and wait until the reply is complete (on a loaded machine idle can flicker)."""
+    send_chat(page, text)
+    page.wait_for_function(
+        f"""() => document.querySelectorAll('[data-testid="stChatMessage"]').length >= {messages}""",
+        timeout=300_000,
+    )
+    page.locator('[class*="st-key-chat-stop"]').wait_for(state="detached", timeout=300_000)
+    wait_idle(page, 300_000)
+
+
 def test_every_view_of_the_embeddings_page(page):
     quick_replies(page, max_new_tokens=40)
-    send_chat(page, "Why does my cat sleep in the sun all day?")
-    send_chat(page, "And why did stock prices fall this week?")
+    _chat(page, "Why does my cat sleep in the sun all day?", 2)
+    _chat(page, "And why did stock prices fall this week?", 4)
+    replies = page.locator('[data-testid="stChatMessage"]').all_inner_texts()[1::2]
+    assert len(replies) == 2 and all(len(r.split()) >= 5 for r in replies)
     go_to(page, "Embeddings")
     assert_no_exception(page)
     page.locator(CHARTS).nth(1).wait_for()
@@ -64,8 +77,8 @@ def test_every_view_of_the_embeddings_page(page):
     _whole_page(page, "embeddings-tokens-layer12")
 
     _view(page, "Nearest words")
-    page.get_by_label("Word").fill("king")
-    page.get_by_label("Word").press("Enter")
+    page.get_by_label("Word", exact=True).fill("king")
+    page.get_by_label("Word", exact=True).press("Enter")
     page.wait_for_timeout(300)
     wait_idle(page)
     assert page.locator(CHARTS).count() == 1
