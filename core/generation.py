@@ -12,6 +12,7 @@ reads only its new tokens. Other models use their own forward with a DynamicCach
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -120,6 +121,7 @@ def stream(
         if lean is not None and (kv is None or need > kv.max_tokens):
             kv = SessionKV(max_tokens=max(need, 1))
         with torch.inference_mode():
+            torch.set_num_threads(_prefill_threads(threads))
             if lean is not None and kv is not None:
                 reused = kv.prepare(lean, trace.prompt_ids, need)
                 logits = kv.forward(lean, trace.prompt_ids[reused:])
@@ -200,6 +202,19 @@ def _lean(lm: LoadedModel) -> LeanModel | None:
         _BUILD_LOCK.release()
         threading.Thread(target=warm_up, args=(lm,), name="glassbox-lean-build", daemon=True).start()
     return None
+
+
+def _prefill_threads(threads: int) -> int:
+    """All threads for the prompt (a real GEMM), unless the cores are already busy.
+
+    subtle: OpenMP threads wait for each other at every op; when another process holds a
+    core, a 2-thread prefill on 2 cores runs 2-3x slower than a 1-thread one.
+    """
+    try:
+        busy = os.getloadavg()[0]
+    except OSError:
+        return threads
+    return threads if busy < (os.cpu_count() or 1) - 0.5 else 1
 
 
 def _lean_step(lean: LeanModel, kv: SessionKV) -> Callable[[int], torch.Tensor]:

@@ -1,0 +1,341 @@
+"""Generation speed: every target of issues 2 and 9, each against a baseline measured in the same run.
+
+    PYTHONPATH=. .venv/bin/python benchmarks/bench_generate.py [--repeats 3] [--skip-cold]
+
+Runs are interleaved (baseline, ours, ours without capture, ...) and medians are reported,
+because the machine is shared and timings are noisy. Prints a table and exits 1 when a
+target is missed.
+
+Baselines: "plain generate" is ``model.generate`` (greedy) on a second, freshly loaded copy
+of the model, exactly as transformers runs it out of the box; the app's loop uses the lean
+forward of core.kvcache (which also re-lays the weights of the model it runs).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from transformers.generation.streamers import BaseStreamer
+
+from core.conversation import Message, build_prompt, encode_messages
+from core.generation import generate, new_trace, stream, warm_up
+from core.kvcache import SessionKV
+from core.models import LoadedModel, load_chat_model
+from core.settings import SamplingSettings
+
+ROOT = Path(__file__).resolve().parent.parent
+NEW_TOKENS = 128
+STORY = (
+    "Tell me a long story about a lighthouse keeper who finds a message in a bottle, "
+    "the storm that follows, the village that helps, and what the message said in the end. "
+)
+
+
+@dataclass
+class Row:
+    target: str
+    measured: str
+    baseline: str
+    goal: str
+    ok: bool | None  # None: reported only
+
+
+class FirstTokenClock(BaseStreamer):
+    """Times model.generate's first new token (put() is called with the prompt first)."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+        self.first_at: float | None = None
+
+    def put(self, value: torch.Tensor) -> None:
+        self.calls += 1
+        if self.calls == 2:
+            self.first_at = time.perf_counter()
+
+    def end(self) -> None:
+        pass
+
+
+def prompt_of(lm: LoadedModel, n_tokens: int, text: str = STORY) -> list[int]:
+    """A chat prompt of exactly n_tokens: the user's text is cut at a token boundary to fit."""
+    system = Message("system", "You are a helpful assistant.")
+    overhead = len(encode_messages(lm.tokenizer, [system, Message("user", "")]).ids)
+    words = lm.tokenizer.encode(text * (1 + n_tokens // 20), add_special_tokens=False)
+    room = n_tokens - overhead
+    for cut in range(room, room - 20, -1):
+        ids = encode_messages(lm.tokenizer, [system, Message("user", lm.tokenizer.decode(words[:cut]))]).ids
+        if len(ids) == n_tokens:
+            return ids
+    return ids  # within a token or two: re-tokenising a cut can merge
+
+
+def plain_generate(model, ids: list[int], new_tokens: int) -> tuple[float, float, list[int]]:
+    """(decode tokens/s, time to first token, tokens) of greedy model.generate."""
+    clock = FirstTokenClock()
+    start = time.perf_counter()
+    with torch.inference_mode():
+        out = model.generate(
+            torch.tensor([ids]), max_new_tokens=new_tokens, do_sample=False, streamer=clock, pad_token_id=2
+        )
+    end = time.perf_counter()
+    tokens = out[0, len(ids) :].tolist()
+    first = clock.first_at or end
+    return (len(tokens) - 1) / max(end - first, 1e-9), first - start, tokens
+
+
+def ours(
+    lm: LoadedModel, ids: list[int], new_tokens: int, capture: bool = True, kv: SessionKV | None = None
+) -> tuple[float, float, list[int]]:
+    trace = new_trace(lm, ids, [], SamplingSettings(temperature=0, max_new_tokens=new_tokens))
+    generate(lm, trace, capture=capture, kv=kv)
+    return trace.decode_tokens_per_s or 0.0, trace.ttft_s or 0.0, [s.token_id for s in trace.steps]
+
+
+def med(values: list[float]) -> float:
+    return statistics.median(values)
+
+
+def decode_rows(lm: LoadedModel, plain_model, repeats: int, new_tokens: int) -> list[Row]:
+    ids = prompt_of(lm, 200)
+    rates: dict[str, list[float]] = {"plain": [], "on": [], "off": []}
+    same = True
+    for _ in range(repeats):
+        p_rate, _, p_tokens = plain_generate(plain_model, ids, new_tokens)
+        on_rate, _, on_tokens = ours(lm, ids, new_tokens, capture=True)
+        off_rate, _, off_tokens = ours(lm, ids, new_tokens, capture=False)
+        rates["plain"].append(p_rate)
+        rates["on"].append(on_rate)
+        rates["off"].append(off_rate)
+        same = same and p_tokens == on_tokens == off_tokens
+    plain, on, off = med(rates["plain"]), med(rates["on"]), med(rates["off"])
+    cost = 1 - on / off
+    n = len(on_tokens)
+    return [
+        Row("plain model.generate, greedy, 200-token prompt", f"{plain:.1f} tok/s", "-", "report", None),
+        Row("app loop, capture off", f"{off:.1f} tok/s", "-", "report", None),
+        Row(
+            "#2 capture cost (on vs off)",
+            f"{on:.1f} tok/s ({100 * cost:+.1f}%)",
+            f"{off:.1f} tok/s",
+            "<= 5%",
+            cost <= 0.05,
+        ),
+        Row(
+            "#2 capture on >= plain generate", f"{on:.1f} tok/s", f"{plain:.1f} tok/s", ">= 1.0x", on >= plain
+        ),
+        Row(
+            f"#9 decode, {n} tokens after 200, capture on",
+            f"{on / plain:.2f}x ({on:.1f} tok/s)",
+            f"{plain:.1f} tok/s",
+            ">= 1.35x",
+            on / plain >= 1.35,
+        ),
+        Row("#9 greedy tokens identical to plain generate", str(same), "-", "True", same),
+    ]
+
+
+def ttft_rows(lm: LoadedModel, plain_model, repeats: int) -> list[Row]:
+    rows = []
+    for n, goal in ((100, None), (300, 0.5)):
+        ids = prompt_of(lm, n)
+        mine, base = [], []
+        for _ in range(repeats):
+            base.append(plain_generate(plain_model, ids, 2)[1])
+            mine.append(ours(lm, ids, 2)[1])
+        ok = None if goal is None else med(mine) <= goal
+        label = (
+            "#2 time to first token, 100-token prompt" if n == 100 else "#9 time to first token, 300 tokens"
+        )
+        rows.append(
+            Row(
+                label,
+                f"{med(mine):.3f} s",
+                f"{med(base):.3f} s (plain)",
+                "report" if goal is None else "<= 0.5 s",
+                ok,
+            )
+        )
+    return rows
+
+
+def turn_rows(lm: LoadedModel, repeats: int) -> list[Row]:
+    """TTFT of turns 1..6, with this session's KV cache and without (re-reading the history)."""
+    questions = [
+        "What is the capital of France?",
+        "Name a fruit that is yellow.",
+        "Why is the sky blue?",
+        "Write a haiku about the sea.",
+        "What is two plus two?",
+        "Say goodbye in French.",
+    ]
+    settings = SamplingSettings(temperature=0, max_new_tokens=48)
+    reuse_first, reuse_sixth, fresh_first, fresh_sixth = [], [], [], []
+    for _ in range(repeats):
+        kv = SessionKV()
+        history = [Message("system", "You are a helpful assistant. Answer briefly and clearly.")]
+        for turn, question in enumerate(questions, 1):
+            history.append(Message("user", question))
+            prompt = build_prompt(lm.tokenizer, history, 2048, reserve=settings.max_new_tokens)
+            fresh = generate(lm, new_trace(lm, prompt.ids, prompt.spans, settings))
+            reused = generate(lm, new_trace(lm, prompt.ids, prompt.spans, settings), kv=kv)
+            if turn == 1:
+                reuse_first.append(reused.ttft_s)
+                fresh_first.append(fresh.ttft_s)
+            if turn == 6:
+                reuse_sixth.append(reused.ttft_s)
+                fresh_sixth.append(fresh.ttft_s)
+                prompt_len = len(prompt.ids)
+            history.append(Message("assistant", reused.text))
+    ratio, base_ratio = med(reuse_sixth) / med(reuse_first), med(fresh_sixth) / med(fresh_first)
+    return [
+        Row(
+            f"#9 6th-turn TTFT / 1st-turn TTFT ({prompt_len}-token 6th prompt)",
+            f"{ratio:.2f}x ({med(reuse_sixth):.3f} s / {med(reuse_first):.3f} s)",
+            f"{base_ratio:.2f}x without reuse ({med(fresh_sixth):.3f} s)",
+            "<= 1.5x",
+            ratio <= 1.5,
+        )
+    ]
+
+
+def concurrency_rows(lm: LoadedModel) -> list[Row]:
+    """Two sessions at once: the second waits for the lock (and is told), then runs at full speed."""
+    ids = prompt_of(lm, 60)
+    spans: dict[str, list[float]] = {}
+    waited: list[str] = []
+
+    def session(name: str) -> None:
+        trace = new_trace(lm, ids, [], SamplingSettings(temperature=0, max_new_tokens=32))
+        times = []
+        for _ in stream(lm, trace, on_wait=lambda: waited.append(name), kv=SessionKV()):
+            times.append(time.perf_counter())
+        spans[name] = [times[0], times[-1]]
+
+    threads = [threading.Thread(target=session, args=(name,)) for name in ("a", "b")]
+    for t in threads:
+        t.start()
+        time.sleep(0.05)
+    for t in threads:
+        t.join()
+    (a0, a1), (b0, b1) = spans["a"], spans["b"]
+    serial = a1 < b0 or b1 < a0
+    return [
+        Row(
+            "#9 two sessions at once serialise behind lm.lock",
+            f"{'serialised' if serial else 'OVERLAPPED'}, waiting shown to: {','.join(waited) or 'nobody'}",
+            "-",
+            "serialised, 1 waits",
+            serial and len(waited) == 1,
+        )
+    ]
+
+
+LOAD_SCRIPT = """
+import json, time
+t0 = time.perf_counter()
+from core.models import load_chat_model
+from core.generation import warm_up
+t1 = time.perf_counter()
+lm = load_chat_model()
+t2 = time.perf_counter()
+warm_up(lm)
+t3 = time.perf_counter()
+print(json.dumps({"imports": t1 - t0, "load": t2 - t1, "lean": t3 - t2}))
+"""
+
+
+def load_run(cache_dir: str | None) -> tuple[float, dict]:
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    if cache_dir:
+        env["GLASSBOX_CACHE_DIR"] = cache_dir
+    start = time.perf_counter()
+    out = subprocess.run(
+        [sys.executable, "-c", LOAD_SCRIPT], env=env, cwd=ROOT, capture_output=True, text=True, check=True
+    )
+    wall = time.perf_counter() - start
+    return wall, json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def load_rows(repeats: int, skip_cold: bool) -> list[Row]:
+    rows = []
+    if not skip_cold:
+        with tempfile.TemporaryDirectory() as tmp:
+            wall, parts = load_run(tmp)
+        rows.append(
+            Row(
+                "#2 model load, cold cache (converts the GGUF)", f"{parts['load']:.2f} s", "-", "report", None
+            )
+        )
+    runs = [load_run(None) for _ in range(repeats)]
+    walls = [w - p["lean"] for w, p in runs]  # process start -> model loaded
+    loads = [p["load"] for _, p in runs]
+    leans = [p["lean"] for _, p in runs]
+    rows.append(Row("#2 model load, warm cache", f"{med(loads):.2f} s", "-", "report", None))
+    rows.append(
+        Row(
+            "#9 process start -> model ready (warm)",
+            f"{med(walls):.2f} s (+{med(leans):.2f} s lean weights, background)",
+            f"imports {med([p['imports'] for _, p in runs]):.2f} s",
+            "<= 2 s",
+            med(walls) <= 2.0,
+        )
+    )
+    return rows
+
+
+def print_table(rows: list[Row]) -> None:
+    headers = ("target", "measured", "baseline (same run)", "goal", "met")
+    cells = [headers] + [
+        (r.target, r.measured, r.baseline, r.goal, "-" if r.ok is None else ("yes" if r.ok else "NO"))
+        for r in rows
+    ]
+    widths = [max(len(c[i]) for c in cells) for i in range(len(headers))]
+    line = lambda c: "| " + " | ".join(v.ljust(w) for v, w in zip(c, widths, strict=True)) + " |"  # noqa: E731
+    print(line(headers))
+    print("|" + "|".join("-" * (w + 2) for w in widths) + "|")
+    for c in cells[1:]:
+        print(line(c))
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument(
+        "--new-tokens", type=int, default=NEW_TOKENS, help="decode length (128 for the targets)"
+    )
+    parser.add_argument("--skip-cold", action="store_true", help="skip the ~20 s cold-cache conversion")
+    args = parser.parse_args()
+    started = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+    lm = load_chat_model()
+    warm_up(lm)
+    plain = load_chat_model().model  # untouched copy for the plain-generate baseline
+    ours(lm, prompt_of(lm, 50), 4)  # first-call allocations out of the way, for both
+    plain_generate(plain, prompt_of(lm, 50), 4)
+    rows = decode_rows(lm, plain, args.repeats, args.new_tokens)
+    rows += ttft_rows(lm, plain, args.repeats)
+    del plain
+    rows += turn_rows(lm, max(1, args.repeats - 1))
+    rows += concurrency_rows(lm)
+    rows += load_rows(args.repeats, args.skip_cold)
+    print(f"bench_generate: {lm.name}, fp32, torch {torch.__version__}, {os.cpu_count()} cores, {started}")
+    print(f"load average at the end: {', '.join(f'{v:.1f}' for v in os.getloadavg())}")
+    print_table(rows)
+    missed = [r.target for r in rows if r.ok is False]
+    if missed:
+        print(f"MISSED: {'; '.join(missed)}")
+    return 1 if missed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
