@@ -76,6 +76,12 @@ def test_every_view_of_the_embeddings_page(page):
     assert page.locator(CHARTS).count() == 2
     _whole_page(page, "embeddings-tokens-layer12")
 
+    page.locator('[data-testid="stCheckbox"]').filter(has_text="centre the vectors").locator("label").click()
+    page.wait_for_timeout(300)
+    wait_idle(page)
+    assert_no_exception(page)
+    _whole_page(page, "embeddings-tokens-layer12-centred")
+
     _view(page, "Nearest words")
     page.get_by_label("Word", exact=True).fill("king")
     page.get_by_label("Word", exact=True).press("Enter")
