@@ -1,0 +1,211 @@
+"""What opening the attention page costs on a 2,000-token conversation: time and peak memory.
+
+Each variant runs in its own subprocess (so peak RSS is its own), on the same trace:
+
+- sdpa:     one plain forward pass, the way generation runs (how fast the machine is right now);
+- baseline: one eager forward pass with output_attentions=True, keeping all 30 layers' weights;
+- page:     what the page computes on opening: the overview pass (sdpa + hooks recomputing only
+            the rows shown, one layer kept whole) plus the DataFrames of the model view, head
+            view and turn view; then a revisit (cached) and a switch to another layer (a pass
+            that stops early);
+- page-eager: the same with the eager fallback pass (every layer's weights made, then reduced).
+
+Wall time on a shared 2-core machine depends on the load, so the CPU time of each variant
+(all threads) is printed too: it is the steadier figure.
+
+The conversation is real chat-template text of many turns; the reply's 48 tokens are a real
+tokenized passage wrapped in a Trace (attention reads only token ids, and generating on a
+shared CPU would only slow the benchmark down).
+
+Run: PYTHONPATH=. .venv/bin/python benchmarks/bench_attention.py
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from core.conversation import Message, build_prompt
+from core.explain import attention as att
+from core.models import load_chat_model
+from core.settings import SamplingSettings
+from core.trace import Step, Trace
+
+TOKENS = 2000
+REPLY_TOKENS = 48
+OPEN_LAYER = 15  # the page's default layer (n_layers // 2)
+OTHER_LAYER = 25
+TARGET_S, TARGET_MB = 3.0, 1536
+QUESTIONS = [
+    "What is the capital of France?",
+    "Tell me about the Eiffel Tower.",
+    "Why is the sky blue?",
+    "How do plants make their food?",
+    "What is a prime number? Give examples.",
+]
+ANSWER = (
+    "Here is a short answer. Paris is the capital and largest city of France, on the river Seine. "
+    "Light from the sun is scattered by the air, and blue light is scattered the most. Plants use "
+    "sunlight, water and carbon dioxide to make sugar in their leaves; this is photosynthesis. "
+    "A prime number has exactly two divisors: one and itself, such as 2, 3, 5, 7 and 11."
+)
+
+
+def peak_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
+
+
+def conversation_trace(lm) -> Trace:
+    """A many-turn chat whose prompt plus reply is exactly TOKENS tokens."""
+    messages = [Message("system", "You are a helpful assistant.")]
+    turn = 0
+    while True:
+        extra = [Message("user", QUESTIONS[turn % len(QUESTIONS)]), Message("assistant", ANSWER)]
+        candidate = build_prompt(lm.tokenizer, [*messages, *extra[:1]], budget=10**6)
+        if len(candidate.ids) + REPLY_TOKENS > TOKENS:
+            break
+        messages += extra
+        turn += 1
+    messages.append(Message("user", "Summarise our conversation."))
+    prompt = build_prompt(lm.tokenizer, messages, budget=10**6)
+    reply_ids = lm.tokenizer.encode(ANSWER * 4, add_special_tokens=False)[: TOKENS - len(prompt.ids)]
+    steps = [Step(t, lm.tokenizer.decode([t]), 1.0, 1.0, 1, 0.0, [t], [0.0], [1.0], [1.0]) for t in reply_ids]
+    return Trace(prompt.ids, prompt.spans, SamplingSettings(), lm.name, steps, finish_reason="length")
+
+
+def run_variant(variant: str, trace_path: str) -> dict:
+    """Runs in the subprocess: load the model, run one variant, report seconds and peak RSS."""
+    lm = load_chat_model()
+    trace = Trace.from_json(Path(trace_path).read_text())
+    ids = torch.tensor([trace.full_ids])
+    loaded = peak_mb()
+    out: dict = {"variant": variant, "tokens": len(trace.full_ids), "rss_after_load_mb": loaded}
+    start, cpu = time.perf_counter(), time.process_time()
+    if variant == "sdpa":
+        with lm.lock, torch.inference_mode():
+            lm.model(input_ids=ids, use_cache=False, logits_to_keep=1)
+    elif variant == "baseline":
+        with lm.lock, torch.inference_mode():
+            lm.model.set_attn_implementation("eager")
+            try:
+                res = lm.model(input_ids=ids, use_cache=False, logits_to_keep=1, output_attentions=True)
+                out["kept_mb"] = sum(a.numel() * a.element_size() for a in res.attentions) / 2**20
+            finally:
+                lm.model.set_attn_implementation("sdpa")
+    elif variant in ("page", "page-eager"):
+        if variant == "page":
+            ov = att.overview(lm, trace, keep_layer=OPEN_LAYER)  # the page's own call (cached)
+        else:
+            ov = att.compute_overview(lm, trace, OPEN_LAYER, method="eager")
+        weights = att.layer_weights(lm, trace, OPEN_LAYER)
+        cells = len(att.model_view_frame(ov))  # model view
+        rows = range(ov.n_prompt, ov.n_tokens)
+        cells_head = len(att.head_frame_by_group(weights[0], ov, rows))  # head view (turn columns)
+        att.turn_frame(ov)  # turn view
+        out.update(model_view_cells=cells, head_view_cells=cells_head, pass_s=ov.seconds, method=ov.method)
+        out["seconds"], out["cpu_s"] = time.perf_counter() - start, time.process_time() - cpu
+        out["peak_rss_mb"] = peak_mb()
+        if variant == "page-eager":
+            return out
+        again = time.perf_counter()
+        att.overview(lm, trace)
+        att.layer_weights(lm, trace, OPEN_LAYER)
+        out["revisit_s"] = time.perf_counter() - again
+        switch, cpu = time.perf_counter(), time.process_time()
+        att.layer_weights(lm, trace, OTHER_LAYER)
+        out["layer_switch_s"], out["layer_switch_cpu_s"] = (
+            time.perf_counter() - switch,
+            time.process_time() - cpu,
+        )
+        out["peak_rss_after_switch_mb"] = peak_mb()
+        return out
+    out["seconds"], out["cpu_s"] = time.perf_counter() - start, time.process_time() - cpu
+    out["peak_rss_mb"] = peak_mb()
+    return out
+
+
+def main() -> None:
+    lm = load_chat_model()
+    trace = conversation_trace(lm)
+    groups, _ = att.token_groups(lm.tokenizer, trace)
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "trace.json"
+        path.write_text(trace.to_json())
+        results = []
+        for variant in ("sdpa", "baseline", "page", "page-eager"):
+            proc = subprocess.run(
+                [sys.executable, __file__, "--variant", variant, "--trace", str(path)],
+                capture_output=True,
+                text=True,
+                check=True,
+            )
+            results.append(json.loads(proc.stdout.strip().splitlines()[-1]))
+    by = {r["variant"]: r for r in results}
+    page = by["page"]
+    print(
+        f"Conversation: {len(trace.full_ids):,} tokens ({len(trace.prompt_ids):,} prompt, "
+        f"{len(trace.steps)} reply), {len(groups)} column groups; torch threads {torch.get_num_threads()}\n"
+    )
+    print(f"| {'variant':<56} | {'wall (s)':>8} | {'CPU (s)':>7} | {'peak RSS (MB)':>13} |")
+    print(f"|{'-' * 58}|{'-' * 10}|{'-' * 9}|{'-' * 15}|")
+    base, eager = by["baseline"], by["page-eager"]
+    rows = [
+        ("plain sdpa forward (no weights; machine speed now)", by["sdpa"], "seconds", "cpu_s", "peak_rss_mb"),
+        (
+            f"baseline: eager output_attentions=True ({base['kept_mb']:,.0f} MB kept)",
+            base,
+            "seconds",
+            "cpu_s",
+            "peak_rss_mb",
+        ),
+        (
+            "page opens: sdpa + row hooks, one layer kept, view frames",
+            page,
+            "seconds",
+            "cpu_s",
+            "peak_rss_mb",
+        ),
+        ("page opens with the eager fallback pass", eager, "seconds", "cpu_s", "peak_rss_mb"),
+        ("page revisit (cached)", page, "revisit_s", None, "peak_rss_mb"),
+        (
+            f"switch to layer {OTHER_LAYER} (pass stops early)",
+            page,
+            "layer_switch_s",
+            "layer_switch_cpu_s",
+            "peak_rss_after_switch_mb",
+        ),
+    ]
+    for name, r, wall, cpu, mb in rows:
+        cpu_text = f"{r[cpu]:>7.1f}" if cpu else f"{'':>7}"
+        print(f"| {name:<56} | {r[wall]:>8.2f} | {cpu_text} | {r[mb]:>13,.0f} |")
+    print(
+        f"\nModel loaded: {page['rss_after_load_mb']:,.0f} MB RSS. Cells sent: model view "
+        f"{page['model_view_cells']:,}, head view {page['head_view_cells']:,} (turn columns)."
+    )
+    ok_t = "meets" if page["seconds"] <= TARGET_S else "MISSES"
+    ok_m = "meets" if page["peak_rss_mb"] <= TARGET_MB else "MISSES"
+    print(
+        f"Targets: open <= {TARGET_S:.0f} s ({ok_t}: {page['seconds']:.1f} s wall, {page['cpu_s']:.1f} s CPU; "
+        f"a plain sdpa pass alone: {by['sdpa']['seconds']:.1f} s wall, {by['sdpa']['cpu_s']:.1f} s CPU); "
+        f"peak RSS <= {TARGET_MB / 1024:.1f} GB ({ok_m}: {page['peak_rss_mb'] / 1024:.2f} GB vs "
+        f"{by['baseline']['peak_rss_mb'] / 1024:.2f} GB for the baseline)."
+    )
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--variant", choices=["sdpa", "baseline", "page", "page-eager"])
+    parser.add_argument("--trace")
+    args = parser.parse_args()
+    if args.variant:
+        print(json.dumps(run_variant(args.variant, args.trace)))
+    else:
+        main()
