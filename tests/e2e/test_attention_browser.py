@@ -39,11 +39,13 @@ def test_attention_views_for_a_two_turn_chat(page):
     screenshot(page, "attention-head-view")
 
     open_view(page, "Per-token view")
+    page.locator(".gb-chip.chosen").first.wait_for()  # the rerun may start after the click returns
     assert_no_exception(page)
     assert page.locator(".gb-chip.chosen").count() == 1
     assert page.locator(".gb-chip").count() > 20
     screenshot(page, "attention-per-token-view")
 
     open_view(page, "Turn view")
+    page.get_by_text("Where each reply token's attention went").wait_for()
     assert_no_exception(page)
     screenshot(page, "attention-turn-view")
