@@ -182,14 +182,25 @@ def chromium_available() -> bool:
 FLAG = "glassboxPwned"
 
 
-def new_session(browser, url: str, path: str = ""):
+def new_session(browser, url: str, path: str = "", timeout: float = 120_000):
     """A fresh browser context (its own Streamlit session) on the app. Returns (context, page)."""
     context = browser.new_context(viewport={"width": 1400, "height": 1000})
     pg = context.new_page()
     pg.set_default_timeout(60_000)
     pg.goto(url + path)
-    wait_idle(pg)
+    wait_idle(pg, timeout)
     return context, pg
+
+
+def open_transfer(page):
+    """Open the chat sidebar's "Save or load the conversation" expander; returns the expander."""
+    box = page.locator('[data-testid="stSidebar"] [data-testid="stExpander"]').filter(
+        has_text="Save or load the conversation"
+    )
+    if box.locator("details[open]").count() == 0:
+        box.locator("summary").click()
+        page.wait_for_timeout(200)
+    return box
 
 
 def flag_value(page):
@@ -270,3 +281,12 @@ def send_and_wait(page, text: str, timeout: float = 300_000) -> list[str]:
     )
     wait_idle(page, timeout)
     return chat_texts(page)
+
+
+def selectbox_text(page, label: str) -> str:
+    """Everything a selectbox shows for its current value (text, input value, title attributes)."""
+    box = page.locator('[data-testid="stSelectbox"]').filter(has_text=label).first
+    return box.evaluate(
+        """(el) => [el.innerText, ...[...el.querySelectorAll('input')].map(i => i.value),
+                   ...[...el.querySelectorAll('[title]')].map(e => e.getAttribute('title'))].join(' ')"""
+    )
