@@ -67,12 +67,12 @@ def head_picker() -> tuple[int, int, str]:
     return int(layer), int(head), view or VIEWS[0]
 
 
-def window(n: int, size: int, label: str, key: str, default_end: int | None = None) -> range:
+def window(n: int, size: int, label: str, key: str) -> range:
     """A window of at most `size` of n positions, with a slider when n is larger."""
     if n <= size:
         return range(n)
-    end = n if default_end is None else min(max(default_end, size), n)
-    start = st.slider(label, 0, n - size, end - size, key=key)
+    # The key carries n: a window kept from a longer reply would be out of this slider's range.
+    start = st.slider(label, 0, n - size, n - size, key=f"{key}.{n}")
     return range(start, start + size)
 
 
@@ -125,12 +125,10 @@ def per_token_view(ov: att.AttentionOverview, weights, layer: int, head: int) ->
     P, R = ov.n_prompt, ov.n_reply
     wanted = st.query_params.get("step")
     default = int(wanted) if wanted and wanted.isdigit() and int(wanted) < R else 0
-    st.session_state.setdefault("attention.step", default)
+    key = f"attention.step.{ov.trace_id}"  # per reply: another reply may be shorter
+    st.session_state.setdefault(key, default)
     step = st.select_slider(
-        "Reply token",
-        options=range(R),
-        format_func=lambda s: f"{s}: {ov.labels[P + s]}",
-        key="attention.step",
+        "Reply token", options=range(R), format_func=lambda s: f"{s}: {ov.labels[P + s]}", key=key
     )
     modes = {
         "head": f"Head {head} of layer {layer}",
@@ -156,7 +154,7 @@ def per_token_view(ov: att.AttentionOverview, weights, layer: int, head: int) ->
         for i in range(pos + 1)
     ]
     legend = [(html.weight_colour(f * peak, peak), f"{f * peak:.3f}") for f in (0.1, 0.4, 0.7, 1.0)]
-    st.markdown(f"What **{ov.labels[pos]}** (outlined) looked at. Hover a token for its exact weight.")
+    st.markdown("What the outlined token looked at. Hover a token for its exact weight.")
     st.html(html.chips(items, legend))
     st.dataframe(
         att.top_attended(ov, row),

@@ -94,7 +94,7 @@ def test_per_token_view_colours_the_context(chatted):
     at = chatted
     at.segmented_control(key="attention.view").set_value("Per-token view").run()
     assert not at.exception
-    at.select_slider(key="attention.step").set_value(2).run()
+    at.select_slider(key=f"attention.step.{reply_trace(at).trace_id}").set_value(2).run()
     for mode in ("head", "layer", "all"):
         at.radio(key="attention.mode").set_value(mode).run()
         assert not at.exception
@@ -115,6 +115,23 @@ def test_turn_view_and_head_summary(lm, chatted):
     table = at.dataframe[0].value
     assert len(table) == lm.n_layers * lm.n_heads
     assert {"entropy_bits", "first_token", "previous_token", "current_question"} <= set(table.columns)
+
+
+def test_switching_to_a_shorter_reply_keeps_working(chatted):
+    at = chatted
+    at.segmented_control(key="attention.view").set_value("Head view").run()
+    at.radio(key="attention.rows").set_value("Whole sequence").run()
+    at.radio(key="attention.cols").set_value("Tokens").run()
+    assert not at.exception
+    (slider,) = [s for s in at.slider if s.key.startswith("attention.row_window")]
+    slider.set_value(0).run()
+    at.selectbox(key="attention.reply").set_value(0).run()  # the first, shorter reply
+    assert not at.exception
+    first = at.session_state["chat.messages"][2].trace
+    (spec, data), *_ = charts(at)
+    assert data["key"].max() < len(first.full_ids)
+    at.segmented_control(key="attention.view").set_value("Per-token view").run()
+    assert not at.exception
 
 
 def test_without_a_reply_the_page_says_what_to_do():
