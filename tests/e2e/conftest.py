@@ -252,7 +252,13 @@ def start_send(page, text: str) -> None:
 
 def go_to(page, title: str) -> None:
     """Open another page through the sidebar menu (keeps the session, unlike page.goto)."""
-    page.locator('[data-testid="stSidebarNav"] a').filter(has_text=title).first.click()
+    link = page.locator('[data-testid="stSidebarNav"] a').filter(has_text=title).first
+    target = link.get_attribute("href") or ""
+    link.click()
+    if target:  # wait for the switch itself: the script state alone can still read "notRunning"
+        page.wait_for_function(
+            "(t) => location.href.split('?')[0] === new URL(t, location.href).href.split('?')[0]", arg=target
+        )
     page.wait_for_timeout(300)
     wait_idle(page)
 

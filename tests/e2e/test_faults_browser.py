@@ -45,6 +45,7 @@ def test_corrupt_model_cache_is_rebuilt_and_the_app_says_so(browser, tmp_path):
     try:
         # the rebuild converts the GGUF again (about 20 s on an idle machine)
         context, page = new_session(browser, url, timeout=600_000)
+        page.locator('[data-testid="stSidebar"]').filter(has_text="rebuilt").wait_for(timeout=600_000)
         assert_no_exception(page)
         sidebar = page.locator('[data-testid="stSidebar"]').inner_text()
         assert "corrupt and was rebuilt" in sidebar or "could not be read and was rebuilt" in sidebar, sidebar
@@ -90,6 +91,7 @@ def test_no_bundled_model_and_no_hub_gives_a_clear_page(browser, tmp_path):
     try:
         for path in ("", "/tokens"):
             context, page = new_session(browser, url, path)
+            page.get_by_text("No language model could be loaded").first.wait_for()
             text = page.locator('[data-testid="stMain"]').inner_text()
             assert "No language model could be loaded" in text, text[:500]
             assert "bundled SmolLM2-135M-Instruct" in text and "Hugging Face hub" in text  # sources tried

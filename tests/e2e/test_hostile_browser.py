@@ -188,6 +188,7 @@ def test_overflowing_conversation_says_what_was_left_out(chat):
 def test_every_page_shows_the_hostile_conversation_safely(chat, pixel_url):
     toggle = chat.locator('[data-testid="stCheckbox"]').filter(has_text="Explain").last
     toggle.click()
+    chat.get_by_text("Where it was least sure").wait_for()
     wait_idle(chat)
     check_safe(chat, pixel_url)
     titles = [t for t in nav_titles(chat) if "Chat" not in t]
@@ -218,13 +219,13 @@ def forced_conversation(lm) -> str:
 def test_hostile_reply_forced_into_a_trace_on_every_page(browser, app_url, forced_conversation, tmp_path):
     context, page = new_session(browser, app_url)
     try:
+        page.locator('[data-testid="stChatInput"]').wait_for()
         go_to(page, "Next-word candidates")
         path = tmp_path / "hostile.json"
         path.write_text(forced_conversation)
         page.locator('[data-testid="stFileUploader"] input[type="file"]').first.set_input_files(str(path))
-        page.wait_for_timeout(500)
+        page.get_by_text("Loaded hostile.json").first.wait_for()
         wait_idle(page)
-        assert page.get_by_text("Loaded hostile.json").count() >= 1
         check_safe(page)
         for title in [t for t in nav_titles(page) if "Chat" not in t]:
             go_to(page, title)
