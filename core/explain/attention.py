@@ -186,14 +186,20 @@ def _recompute(module, h: torch.Tensor, position_embeddings, rows: torch.Tensor)
     rope = sys.modules[type(module).__module__].apply_rotary_pos_emb
     q = module.q_proj(h[:, rows]).view(1, len(rows), -1, hd).transpose(1, 2)  # (1, H, r, hd)
     k = module.k_proj(h).view(1, T, -1, hd).transpose(1, 2)  # (1, KV, T, hd)
-    q, _ = rope(q, q, cos[:, rows], sin[:, rows])
-    _, k = rope(k, k, cos, sin)
+    # rope rotates both of its arguments; the second one here is a one-head stand-in.
+    q = rope(q, q[:, :1], cos[:, rows], sin[:, rows])[0]
+    k = rope(k[:, :1], k, cos, sin)[1]
     k = k.repeat_interleave(module.num_key_value_groups, dim=1)[0]  # (H, T, hd)
     masked = torch.arange(T)[None, :] > rows[:, None]  # (r, T): keys after the query are hidden
-    weights = torch.empty(q.shape[1], len(rows), T)  # (H, r, T)
-    for head in range(q.shape[1]):  # one head at a time: r x T scores, not H x r x T
-        scores = (q[0, head] @ k[head].T).float() * module.scaling  # (r, T)
-        weights[head] = torch.softmax(scores.masked_fill_(masked, float("-inf")), dim=-1)
+    H = q.shape[1]
+    # subtle: on a busy 2-core machine every small op waits for both threads, so many heads
+    # go in one op; only a large block (every row of a layer) goes head by head, to bound memory.
+    step = H if H * len(rows) * T <= 8_000_000 else 1
+    weights = torch.empty(H, len(rows), T)  # (H, r, T)
+    for first in range(0, H, step):
+        heads = slice(first, first + step)
+        scores = (q[0, heads] @ k[heads].transpose(1, 2)).float() * module.scaling  # (h, r, T)
+        weights[heads] = torch.softmax(scores.masked_fill_(masked, float("-inf")), dim=-1)
     return weights
 
 
