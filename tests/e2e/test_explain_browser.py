@@ -7,6 +7,7 @@ import time
 from pathlib import Path
 
 import pytest
+from playwright.sync_api import expect
 
 from core.conversation import Message, build_prompt
 from core.export import conversation_json
@@ -86,7 +87,7 @@ def test_explain_hover_candidates_branch_and_lens(page):
     assert "step=" in page.url and "reply=" in page.url
     assert page.get_by_role("heading", name="Next-word candidates").count() == 1
     slider = page.locator('[data-testid="stSlider"]').first
-    assert slider.locator('[data-testid="stSliderThumbValue"]').inner_text() == str(step_no - 1)
+    expect(slider.locator('[data-testid="stSliderThumbValue"]')).to_have_text(str(step_no - 1), timeout=60_000)
     assert_no_exception(page)
     screenshot(page, "candidates-step")
 
@@ -94,18 +95,19 @@ def test_explain_hover_candidates_branch_and_lens(page):
     page.wait_for_timeout(500)
     wait_idle(page, 300_000)
     assert_no_exception(page)
+    page.get_by_text("they diverge at step").wait_for(timeout=300_000)
     assert page.get_by_text("they diverge at step").count() == 1
     screenshot(page, "candidates-branch")
 
     page.get_by_text("Compute the logit lens at this step").click()
     page.wait_for_timeout(300)
     wait_idle(page)
-    assert page.get_by_text("Computed in").count() == 1
+    page.get_by_text("Computed in").wait_for(timeout=300_000)
     assert_no_exception(page)
     screenshot(page, "candidates-lens")
 
     _nav(page, "Chat")
-    assert page.get_by_text("Other takes of this reply (1)").count() == 1
+    page.get_by_text("Other takes of this reply (1)").wait_for()
     assert_no_exception(page)
 
 
@@ -168,13 +170,13 @@ def test_timing_for_a_long_reply(page, lm, tmp_path, n_tokens):
     page.wait_for_timeout(300)
     wait_idle(page)
     thumb = page.locator('[data-testid="stSlider"]').first.locator('[data-testid="stSliderThumbValue"]')
-    assert thumb.inner_text() == str(n_tokens - 1)
+    expect(thumb).to_have_text(str(n_tokens - 1), timeout=60_000)
     start = time.perf_counter()
     page.get_by_text("Compute the logit lens at this step").click()
     page.wait_for_timeout(200)
     wait_idle(page)
+    page.get_by_text("Computed in").wait_for(timeout=300_000)
     lens_s = time.perf_counter() - start
-    assert page.get_by_text("Computed in").count() == 1
     screenshot(page, "candidates-200-tokens-lens")
 
     # clicking the whole-reply chart selects the nearest step
@@ -182,7 +184,7 @@ def test_timing_for_a_long_reply(page, lm, tmp_path, n_tokens):
     chart.scroll_into_view_if_needed()
     box = chart.bounding_box()
     page.mouse.click(box["x"] + box["width"] * 0.3, box["y"] + box["height"] * 0.4)
-    page.wait_for_timeout(500)
+    expect(thumb).not_to_have_text(str(n_tokens - 1), timeout=60_000)
     wait_idle(page)
     screenshot(page, "candidates-200-tokens-chart-click")
     picked = int(thumb.inner_text())
