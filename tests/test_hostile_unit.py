@@ -20,10 +20,10 @@ from core.tokens import IncrementalDecoder, make_visible, readable
 from core.trace import Trace
 
 HTML_PAYLOADS = [
-    "<script>window.__glassboxPwned=1</script>",
-    '<img src=x onerror="window.__glassboxPwned=2">',
-    "<svg onload=window.__glassboxPwned=3>",
-    '<iframe src="javascript:parent.__glassboxPwned=4"></iframe>',
+    "<script>window.glassboxPwned=1</script>",
+    '<img src=x onerror="window.glassboxPwned=2">',
+    "<svg onload=window.glassboxPwned=3>",
+    '<iframe src="javascript:parent.glassboxPwned=4"></iframe>',
     "<style>body{display:none}</style>",
     "</div></div></span><div style='position:fixed;inset:0'>",
 ]
