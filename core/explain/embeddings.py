@@ -23,8 +23,9 @@ from core.models import LoadedModel
 from core.tokens import readable
 from core.trace import Trace
 
-# One forward pass per reply: (layers+1, T, d) fp32 is ~36 MB for T = 500, so keep a few.
-_STATES: BoundedCache[torch.Tensor] = BoundedCache(4)
+# One forward pass per reply: (layers+1, T, d) fp32 is ~36 MB for T = 500 and ~143 MB for
+# T = 2,000, so the bound is in bytes: a long chat keeps two passes, a short one four.
+_STATES: BoundedCache[torch.Tensor] = BoundedCache(4, max_bytes=300 * 2**20)
 # Sentence vectors per text: 384 floats each, so many fit.
 _SENTENCES: BoundedCache[np.ndarray] = BoundedCache(2048)
 _NORMS: BoundedCache[torch.Tensor] = BoundedCache(2)
