@@ -242,53 +242,56 @@ def concurrency_rows(lm: LoadedModel) -> list[Row]:
 
 
 LOAD_SCRIPT = """
-import json, time
+import json, os, sys, time
 t0 = time.perf_counter()
 from core.models import load_chat_model
 from core.generation import warm_up
 t1 = time.perf_counter()
 lm = load_chat_model()
+warm_up(lm)  # a no-op after the fast start, which builds the decode weights while loading
+ready = time.time()
 t2 = time.perf_counter()
-warm_up(lm)
+lm.model  # the transformers model the explanation passes use (loads in the background)
 t3 = time.perf_counter()
-print(json.dumps({"imports": t1 - t0, "load": t2 - t1, "lean": t3 - t2}))
+print(json.dumps({"imports": t1 - t0, "load": t2 - t1, "ready_at": ready, "full_after": t3 - t0}))
+sys.stdout.flush()
+os._exit(0)
 """
 
 
-def load_run(cache_dir: str | None) -> tuple[float, dict]:
+def load_run(cache_dir: str | None) -> dict:
+    """One fresh interpreter loading the model; ready_s counts from the launch of the process."""
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     if cache_dir:
         env["GLASSBOX_CACHE_DIR"] = cache_dir
-    start = time.perf_counter()
+    launched = time.time()
     out = subprocess.run(
         [sys.executable, "-c", LOAD_SCRIPT], env=env, cwd=ROOT, capture_output=True, text=True, check=True
     )
-    wall = time.perf_counter() - start
-    return wall, json.loads(out.stdout.strip().splitlines()[-1])
+    parts = json.loads(out.stdout.strip().splitlines()[-1])
+    return {**parts, "ready_s": parts["ready_at"] - launched}
 
 
 def load_rows(repeats: int, skip_cold: bool) -> list[Row]:
     rows = []
     if not skip_cold:
         with tempfile.TemporaryDirectory() as tmp:
-            wall, parts = load_run(tmp)
+            parts = load_run(tmp)
         rows.append(
             Row(
                 "#2 model load, cold cache (converts the GGUF)", f"{parts['load']:.2f} s", "-", "report", None
             )
         )
     runs = [load_run(None) for _ in range(repeats)]
-    walls = [w - p["lean"] for w, p in runs]  # process start -> model loaded
-    loads = [p["load"] for _, p in runs]
-    leans = [p["lean"] for _, p in runs]
-    rows.append(Row("#2 model load, warm cache", f"{med(loads):.2f} s", "-", "report", None))
+    rows.append(Row("#2 model load, warm cache", f"{med([p['load'] for p in runs]):.2f} s", "-", "report", None))
+    ready = med([p["ready_s"] for p in runs])
     rows.append(
         Row(
-            "#9 process start -> model ready (warm)",
-            f"{med(walls):.2f} s (+{med(leans):.2f} s lean weights, background)",
-            f"imports {med([p['imports'] for _, p in runs]):.2f} s",
+            "#9 process start -> model ready to chat (warm)",
+            f"{ready:.2f} s (explanation model +{med([p['full_after'] for p in runs]) - ready:.2f} s, background)",
+            f"imports {med([p['imports'] for p in runs]):.2f} s",
             "<= 2 s",
-            med(walls) <= 2.0,
+            ready <= 2.0,
         )
     )
     return rows

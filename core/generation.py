@@ -99,8 +99,8 @@ def stream(
     kv: the session's KV cache, reused across turns (None: a fresh cache for this reply).
     """
     settings = trace.settings.validated()
-    tokenizer, model = lm.tokenizer, lm.model
-    eos_ids = _eos_ids(lm)
+    tokenizer = lm.tokenizer
+    eos_ids = lm.eos_ids
     forced = list(forced or [])
     decoder = IncrementalDecoder(tokenizer)
     if not lm.lock.acquire(blocking=False):
@@ -127,7 +127,7 @@ def stream(
                 logits = kv.forward(lean, trace.prompt_ids[reused:])
                 step_fn = _lean_step(lean, kv)
             else:
-                logits, step_fn = _hf_prefill(model, trace.prompt_ids)
+                logits, step_fn = _hf_prefill(lm.model, trace.prompt_ids)
             torch.set_num_threads(min(DECODE_THREADS, threads))
             for i in range(settings.max_new_tokens):
                 if stop is not None and stop.is_set():
@@ -183,10 +183,13 @@ def generate(lm: LoadedModel, trace: Trace, stop: threading.Event | None = None,
 def warm_up(lm: LoadedModel) -> bool:
     """Build the lean forward's weights now (about 0.5 s, 0.5 GB for SmolLM2-135M).
 
-    Call it right after loading the model. Returns False for models the lean path does not cover.
+    Call it right after loading the model (with the fast start it is built already and this
+    returns at once). Returns False for models the lean path does not cover.
     """
     with _BUILD_LOCK:
-        return lean_model(lm.model) is not None
+        if lm.lean is None:
+            lm.lean = lean_model(lm.model)
+        return lm.lean is not None
 
 
 def _lean(lm: LoadedModel) -> LeanModel | None:
@@ -195,9 +198,8 @@ def _lean(lm: LoadedModel) -> LeanModel | None:
     The first reply is never held up by the build: until it is ready, the model's own
     forward is used (same greedy tokens, slower).
     """
-    built = getattr(lm.model, "_glassbox_lean", None)
-    if built is not None or not supports(lm.model):
-        return built
+    if lm.lean is not None or not supports(lm.model):
+        return lm.lean
     if _BUILD_LOCK.acquire(blocking=False):
         _BUILD_LOCK.release()
         threading.Thread(target=warm_up, args=(lm,), name="glassbox-lean-build", daemon=True).start()
@@ -240,13 +242,3 @@ def _hf_prefill(model, prompt_ids: list[int]) -> tuple[torch.Tensor, Callable[[i
 
 def _bare_step(token_id: int, text: str) -> Step:
     return Step(token_id, text, 0.0, 0.0, 1, 0.0, [], [], [], [])
-
-
-def _eos_ids(lm: LoadedModel) -> set[int]:
-    ids: set[int] = set()
-    for source in (lm.model.generation_config.eos_token_id, lm.tokenizer.eos_token_id):
-        if isinstance(source, int):
-            ids.add(source)
-        elif source:
-            ids.update(int(v) for v in source)
-    return ids

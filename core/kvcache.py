@@ -17,6 +17,7 @@ changed, the cache is cut back to the last token that is still the same.
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -54,7 +55,7 @@ class LeanModel:
     inv_freq: torch.Tensor  # (head_dim / 2,)
     rope_scaling: float
     max_positions: int
-    model_id: int  # id() of the source model, so a reloaded model is never mixed up
+    model_id: int  # unique per build, so a session's cache is never used with another model's weights
     cos: torch.Tensor = field(default_factory=lambda: torch.empty(0))  # (positions, head_dim)
     sin: torch.Tensor = field(default_factory=lambda: torch.empty(0))  # sign-folded, see _rope
 
@@ -82,55 +83,113 @@ class LeanModel:
 
 
 _LEAN_KEY = "_glassbox_lean"
+_ids = itertools.count(1)
+
+
+def supports_config(config: Any) -> bool:
+    """True for plain Llama-style decoders (SmolLM2, Llama, ...) this path reproduces exactly.
+
+    config: a transformers config or any object with the same attributes (e.g. config.json
+    read into a SimpleNamespace).
+    """
+    if config is None or getattr(config, "model_type", "") not in ("llama",):
+        return False
+    rope = getattr(config, "rope_parameters", None) or getattr(config, "rope_scaling", None) or {}
+    if rope.get("rope_type", "default") != "default":
+        return False
+    if getattr(config, "attention_bias", False) or getattr(config, "mlp_bias", False):
+        return False
+    return getattr(config, "hidden_act", "silu") == "silu"
+
+
+def supports(model: Any) -> bool:
+    """True for fp32 transformers models whose config supports_config() accepts."""
+    if not supports_config(getattr(model, "config", None)):
+        return False
+    return all(p.dtype == torch.float32 for p in model.parameters())
+
+
+def _rope_theta(config: Any) -> float:
+    rope = getattr(config, "rope_parameters", None) or {}
+    return float(rope.get("rope_theta", getattr(config, "rope_theta", 10000.0)))
+
+
+def lean_from_weights(weights: dict[str, torch.Tensor], config: Any) -> LeanModel:
+    """Build the lean weights from a Llama state dict (names as in LlamaForCausalLM) and its config.
+
+    Used both on a loaded transformers model and straight on the safetensors file, which is
+    what makes the app's start fast: no transformers model class has to be imported first.
+    Tensors are copied (fused and transposed) in fp32; the caller may drop `weights` after.
+    """
+    heads = int(config.num_attention_heads)
+    head_dim = int(getattr(config, "head_dim", None) or config.hidden_size // heads)
+    n_layers = int(config.num_hidden_layers)
+
+    def get(name: str) -> torch.Tensor:
+        return weights[name].detach().float()
+
+    layers = []
+    with torch.no_grad():
+        for i in range(n_layers):
+            pre = f"model.layers.{i}."
+            qkv = torch.cat([get(pre + f"self_attn.{x}_proj.weight") for x in "qkv"]).t().contiguous()
+            gate_up = torch.cat([get(pre + "mlp.gate_proj.weight"), get(pre + "mlp.up_proj.weight")])
+            layers.append(
+                LayerWeights(
+                    ln1=get(pre + "input_layernorm.weight").clone(),
+                    qkv=qkv,
+                    o=get(pre + "self_attn.o_proj.weight").t().contiguous(),
+                    ln2=get(pre + "post_attention_layernorm.weight").clone(),
+                    gate_up=gate_up.t().contiguous(),
+                    down=get(pre + "mlp.down_proj.weight").t().contiguous(),
+                )
+            )
+        embed = get("model.embed_tokens.weight")
+        tied = getattr(config, "tie_word_embeddings", False) or "lm_head.weight" not in weights
+        head = (embed if tied else get("lm_head.weight")).t().contiguous()  # (d, vocab)
+        if tied:
+            embed = head.t()  # (vocab, d) view of the same memory; a row lookup per token is cheap
+        # Same arithmetic as transformers' default rotary init, so the tables are bit-identical.
+        steps = torch.arange(0, head_dim, 2, dtype=torch.int64).to(dtype=torch.float)
+        inv_freq = 1.0 / (_rope_theta(config) ** (steps / head_dim))
+    return LeanModel(
+        layers=layers,
+        embed=embed,
+        norm=get("model.norm.weight").clone(),
+        head=head,
+        n_heads=heads,
+        n_kv_heads=int(getattr(config, "num_key_value_heads", None) or heads),
+        head_dim=head_dim,
+        ffn=int(config.intermediate_size),
+        eps=float(config.rms_norm_eps),
+        inv_freq=inv_freq,
+        rope_scaling=1.0,  # the default rope type has no attention scaling
+        max_positions=int(getattr(config, "max_position_embeddings", 2048)),
+        model_id=next(_ids),
+    )
 
 
 def lean_model(model: Any) -> LeanModel | None:
     """The lean copy of a transformers Llama-family model (built once, kept on the model).
 
     Returns None for architectures this path does not cover; callers then use the model's
-    own forward.
+    own forward. The model's weights become views of the lean copies (memory is not doubled).
     """
     cached = getattr(model, _LEAN_KEY, None)
     if cached is not None:
         return cached
     if not supports(model):
         return None
-    config = model.config
-    layers = []
+    lean = lean_from_weights(dict(model.state_dict()), model.config)
+    attach(model, lean)
+    return lean
+
+
+def attach(model: Any, lean: LeanModel) -> None:
+    """Make `lean` the model's lean copy: its weights become views of lean's tensors."""
     with torch.no_grad():
-        for layer in model.model.layers:
-            att, mlp = layer.self_attn, layer.mlp
-            qkv = torch.cat([att.q_proj.weight, att.k_proj.weight, att.v_proj.weight]).t().contiguous()
-            gate_up = torch.cat([mlp.gate_proj.weight, mlp.up_proj.weight]).t().contiguous()
-            layers.append(
-                LayerWeights(
-                    ln1=layer.input_layernorm.weight.detach().clone(),
-                    qkv=qkv,
-                    o=att.o_proj.weight.t().contiguous(),
-                    ln2=layer.post_attention_layernorm.weight.detach().clone(),
-                    gate_up=gate_up,
-                    down=mlp.down_proj.weight.t().contiguous(),
-                )
-            )
-        rotary = model.model.rotary_emb
-        lean = LeanModel(
-            layers=layers,
-            embed=model.model.embed_tokens.weight.detach(),
-            norm=model.model.norm.weight.detach().clone(),
-            head=model.lm_head.weight.t().contiguous(),
-            n_heads=config.num_attention_heads,
-            n_kv_heads=config.num_key_value_heads,
-            head_dim=getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads,
-            ffn=config.intermediate_size,
-            eps=float(config.rms_norm_eps),
-            inv_freq=rotary.inv_freq.detach().clone(),
-            rope_scaling=float(getattr(rotary, "attention_scaling", 1.0)),
-            max_positions=int(getattr(config, "max_position_embeddings", 2048)),
-            model_id=id(model),
-        )
         _share_storage(model, lean)
     object.__setattr__(model, _LEAN_KEY, lean)  # plain attribute: not a submodule or buffer
-    return lean
 
 
 def _share_storage(model: Any, lean: LeanModel) -> None:
@@ -166,6 +225,7 @@ def _share_storage(model: Any, lean: LeanModel) -> None:
         lean.embed = lean.head.t()  # (vocab, d) view; a row lookup per prompt token is cheap
     else:
         _set_weight(model.lm_head, lean.head.t())
+        _set_weight(model.model.embed_tokens, lean.embed)
 
 
 def _set_weight(module: Any, view: torch.Tensor) -> torch.nn.Parameter:
@@ -173,21 +233,6 @@ def _set_weight(module: Any, view: torch.Tensor) -> torch.nn.Parameter:
         raise ValueError(f"lean weight {tuple(view.shape)} does not match {tuple(module.weight.shape)}")
     module.weight = torch.nn.Parameter(view, requires_grad=False)
     return module.weight
-
-
-def supports(model: Any) -> bool:
-    """True for plain fp32 Llama-style decoders (SmolLM2, Llama, ...) this path reproduces exactly."""
-    config = getattr(model, "config", None)
-    if config is None or getattr(config, "model_type", "") not in ("llama",):
-        return False
-    rope = getattr(config, "rope_parameters", None) or getattr(config, "rope_scaling", None) or {}
-    if rope.get("rope_type", "default") != "default":
-        return False
-    if getattr(config, "attention_bias", False) or getattr(config, "mlp_bias", False):
-        return False
-    if getattr(config, "hidden_act", "silu") != "silu":
-        return False
-    return all(p.dtype == torch.float32 for p in model.parameters())
 
 
 class SessionKV:

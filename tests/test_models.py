@@ -110,3 +110,35 @@ def test_sentence_embedder_loads_from_its_wheel():
     embedder = models.load_embedder()
     vectors = embedder.encode(["the cat sat on the mat", "a kitten rests on a rug"])
     assert vectors.shape == (2, 384)
+
+
+def test_fast_start_reads_the_decode_weights_from_the_file_and_shares_them_with_the_model(lm):
+    from core.kvcache import lean_from_weights
+
+    assert lm.lean is not None, "a Llama safetensors cache should start on the lean path"
+    model = lm.model  # waits for the background load of the transformers model
+    reference = lean_from_weights(dict(model.state_dict()), model.config)
+    for ours, ref in zip(lm.lean.layers, reference.layers, strict=True):
+        for name in ("ln1", "qkv", "o", "ln2", "gate_up", "down"):
+            assert torch.equal(getattr(ours, name), getattr(ref, name)), name
+    assert torch.equal(lm.lean.head, reference.head) and torch.equal(lm.lean.norm, reference.norm)
+    # the rotary frequencies computed from config.json are the model's own, bit for bit
+    assert torch.equal(lm.lean.inv_freq, model.model.rotary_emb.inv_freq)
+    # no weight is held twice: the model's parameters are views of the lean tensors
+    layer, lean = model.model.layers[3], lm.lean.layers[3]
+    assert layer.self_attn.q_proj.weight.data_ptr() == lean.qkv.data_ptr()
+    assert layer.mlp.down_proj.weight.data_ptr() == lean.down.data_ptr()
+    assert model.lm_head.weight.data_ptr() == lm.lean.head.data_ptr()
+    assert lm.n_params == sum(p.numel() for p in model.parameters())
+    assert lm.eos_ids == {lm.tokenizer.eos_token_id}
+
+
+def test_a_failing_background_load_surfaces_when_the_model_is_asked_for(cold_load, cold_cache, monkeypatch):
+    def broken(folder, lean):
+        raise OSError("disk went away")
+
+    monkeypatch.setattr(models, "_model_sharing", broken)
+    lm = load_chat_model(configured="", cache_dir=cold_cache)
+    assert lm.lean is not None  # the chat still works
+    with pytest.raises(OSError, match="disk went away"):
+        lm.model  # noqa: B018 - the property waits for the load and raises its error
