@@ -283,7 +283,9 @@ def load_rows(repeats: int, skip_cold: bool) -> list[Row]:
             )
         )
     runs = [load_run(None) for _ in range(repeats)]
-    rows.append(Row("#2 model load, warm cache", f"{med([p['load'] for p in runs]):.2f} s", "-", "report", None))
+    rows.append(
+        Row("#2 model load, warm cache", f"{med([p['load'] for p in runs]):.2f} s", "-", "report", None)
+    )
     ready = med([p["ready_s"] for p in runs])
     rows.append(
         Row(
