@@ -35,7 +35,7 @@ GUIDE = [
     ),
 ]
 
-lm = common.chat_model()
+lm = common.chat_model(full=False)
 common.model_badge(lm)
 st.title("📖 How to read this app")
 st.markdown(

@@ -10,7 +10,7 @@ import streamlit as st
 from core.conversation import Message, PromptTooLong, build_prompt
 from core.generation import new_trace, stream
 from core.html import markdown_safe
-from core.settings import DEFAULT_SYSTEM_PROMPT, SamplingSettings
+from core.settings import SamplingSettings
 from pages import common, explain_panel, transfer
 
 EXAMPLES = [
@@ -21,7 +21,7 @@ EXAMPLES = [
 ]
 PENDING = "chat.pending"  # set when the last user message still needs a reply
 
-lm = common.chat_model()
+lm = common.chat_model(full=False)
 history = common.messages()
 if not history or history[0].role != "system":
     history.insert(0, Message("system", common.system_prompt()))
@@ -31,30 +31,39 @@ if not history or history[0].role != "system":
 def sidebar() -> SamplingSettings:
     sb = st.sidebar
     sb.header("Settings")
-    temperature = sb.slider("Temperature (0 = greedy)", 0.0, 2.0, 0.7, 0.05, key="chat.temperature")
-    top_k = sb.slider("Top-k (0 = off)", 0, 200, 50, key="chat.top_k")
-    top_p = sb.slider("Top-p (1 = off)", 0.05, 1.0, 0.95, 0.01, key="chat.top_p")
-    max_new = sb.slider("Maximum new tokens", 8, 1024, 256, 8, key="chat.max_new_tokens")
-    seed = sb.number_input("Seed", 0, 2**31 - 1, 0, key="chat.seed")
-    budget = sb.number_input(
+    # Starting values live in common.CHAT_WIDGETS, not in value=, so they survive other pages.
+    for key, default in common.CHAT_WIDGETS.items():
+        common.restore(key, default)
+    temperature = sb.slider("Temperature (0 = greedy)", 0.0, 2.0, step=0.05, key="chat.temperature")
+    top_k = sb.slider("Top-k (0 = off)", 0, 200, key="chat.top_k")
+    top_p = sb.slider("Top-p (1 = off)", 0.05, 1.0, step=0.01, key="chat.top_p")
+    max_new = sb.slider("Maximum new tokens", 8, 1024, step=8, key="chat.max_new_tokens")
+    seed = sb.number_input("Seed", 0, 2**31 - 1, key="chat.seed")
+    if st.session_state.get(common.BUDGET, 0) > lm.context_length:
+        st.session_state[common.BUDGET] = lm.context_length
+    sb.number_input(
         "Context budget (tokens)",
         256,
         lm.context_length,
-        min(common.context_budget(), lm.context_length),
-        128,
+        step=128,
         key=common.BUDGET,
         help="How much of the conversation the model may read. The oldest turns are left out beyond it.",
-    )
-    del budget  # read through common.context_budget()
+    )  # read through common.context_budget()
     with sb.expander("System prompt"):
-        text = st.text_area("System prompt", DEFAULT_SYSTEM_PROMPT, key=common.SYSTEM_PROMPT, height=120)
-        history[0].content = text
-    with sb.expander("Save or load the conversation"):
-        transfer.show()
+        history[0].content = st.text_area("System prompt", key=common.SYSTEM_PROMPT, height=120)
+    for key in common.CHAT_WIDGETS:
+        common.remember(key)
     settings = SamplingSettings(temperature, top_k, top_p, max_new, int(seed)).validated()
     st.session_state[common.SETTINGS] = settings
-    common.model_badge(lm)
     return settings
+
+
+def sidebar_end() -> None:
+    """Drawn after the conversation, so the export button knows about a reply streamed in this run."""
+    with st.sidebar:
+        with st.expander("Save or load the conversation"):
+            transfer.show()
+        common.model_badge(lm)
 
 
 settings = sidebar()
@@ -99,7 +108,11 @@ def footer(message: Message) -> None:
 
 def explain_controls(message: Message) -> None:
     """The per-message Explain toggle; the panel itself lives in pages/explain_panel.py."""
-    if st.toggle("Explain", key=f"explain.toggle.{message.id}", help="Show how the model wrote this reply"):
+    key = f"{common.TOGGLES}{message.id}"
+    common.restore(key, False)
+    on = st.toggle("Explain", key=key, help="Show how the model wrote this reply")
+    common.remember(key)
+    if on:
         explain_panel.show(message)
 
 
@@ -212,3 +225,4 @@ if controls[1].button("🗑 Clear conversation", disabled=len(history) == 1, key
     st.session_state.pop(PENDING, None)
     st.session_state.pop(common.SELECTED, None)
     st.rerun()
+sidebar_end()

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 import streamlit as st
 
 from core.conversation import Message
+from core.generation import warm_up
 from core.models import ENV_MODEL, LoadedModel, ModelUnavailable, load_chat_model, load_embedder
 from core.settings import DEFAULT_CONTEXT_BUDGET, DEFAULT_SYSTEM_PROMPT, SamplingSettings
 
@@ -20,6 +21,40 @@ SETTINGS = "chat.settings"
 SYSTEM_PROMPT = "chat.system_prompt"
 BUDGET = "chat.context_budget"
 SELECTED = "explain.selected"  # trace_id of the reply the explanation pages show
+TOGGLES = "explain.toggle."  # + message id: each reply's Explain toggle on the chat page
+
+_DEFAULT = SamplingSettings()
+# The chat page's sidebar widgets and their starting values. They are set through session
+# state (restore()) rather than the widgets' value= arguments, so they survive other pages.
+CHAT_WIDGETS: dict[str, object] = {
+    "chat.temperature": _DEFAULT.temperature,
+    "chat.top_k": _DEFAULT.top_k,
+    "chat.top_p": _DEFAULT.top_p,
+    "chat.max_new_tokens": _DEFAULT.max_new_tokens,
+    "chat.seed": _DEFAULT.seed,
+    BUDGET: DEFAULT_CONTEXT_BUDGET,
+    SYSTEM_PROMPT: DEFAULT_SYSTEM_PROMPT,
+}
+
+
+KEPT = "kept."  # + a widget's key: its value, kept as plain state across pages
+
+
+def restore(key: str, default: object) -> None:
+    """Before drawing a widget: bring back its value if a visit to another page dropped it.
+
+    subtle: Streamlit deletes a keyed widget's state at the end of any run that does not draw
+    the widget, so a visit to another page would reset the chat's sliders, its system prompt
+    and every Explain toggle. remember() keeps a copy under a key no widget owns.
+    """
+    if key not in st.session_state:
+        st.session_state[key] = st.session_state.get(KEPT + key, default)
+
+
+def remember(key: str) -> None:
+    """After drawing a widget: keep its value for restore()."""
+    if key in st.session_state:
+        st.session_state[KEPT + key] = st.session_state[key]
 
 
 def configured_model() -> str | None:
@@ -38,7 +73,9 @@ _READY: set[str | None] = set()  # configured sources already loaded in this pro
 
 @st.cache_resource(show_spinner=False)
 def _chat_model(configured: str | None) -> LoadedModel:
-    return load_chat_model(configured)
+    lm = load_chat_model(configured)
+    warm_up(lm)  # the fast decode path (already built when the model came from a local folder)
+    return lm
 
 
 @st.cache_resource(show_spinner=False)
@@ -46,14 +83,20 @@ def _embedder():
     return load_embedder()
 
 
-def chat_model() -> LoadedModel:
+def chat_model(full: bool = True) -> LoadedModel:
     """The shared chat model, loaded once per process, with a visible status on first load.
 
-    Stops the page with a clear message (not a traceback) when no source works.
+    Stops the page with a clear message (not a traceback) when no source works. The chat can
+    start before the transformers model behind the explanation passes has finished loading
+    in the background (full=False); every other page waits for it, with a spinner.
     """
     configured = configured_model()
     if configured in _READY:
-        return _chat_model(configured)
+        lm = _chat_model(configured)
+        if full and not lm.model_loaded:
+            with st.spinner("Loading the model's layers for the explanations (a second or two)…"):
+                lm.model  # noqa: B018 - waits for the background load
+        return lm
     with st.status("Loading the language model (first visit only)…", expanded=True) as box:
         st.write(
             "Loading SmolLM2-135M-Instruct into memory. The very first start converts the bundled "
@@ -67,7 +110,7 @@ def chat_model() -> LoadedModel:
             st.stop()
         box.update(label=f"{lm.name} is ready ({lm.load_seconds:.1f} s)", state="complete", expanded=False)
     _READY.add(configured)
-    return lm
+    return chat_model(full)
 
 
 def embedder():

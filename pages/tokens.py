@@ -17,7 +17,7 @@ MAX_CHIPS = 1500  # beyond this the browser slows down; the table still has ever
 SOURCES = ("A message", "The whole prompt of a reply", "Free text")
 _tables: BoundedCache[pd.DataFrame] = BoundedCache(16)
 
-lm = common.chat_model()
+lm = common.chat_model(full=False)
 tok = lm.tokenizer
 common.model_badge(lm)
 

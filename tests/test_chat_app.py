@@ -67,3 +67,32 @@ def test_sidebar_settings_reach_the_trace(app):
         trace.settings.seed == 42 and trace.settings.max_new_tokens == 8 and trace.settings.temperature == 0
     )
     assert len(trace.steps) <= 8
+
+
+def test_export_is_offered_in_the_run_that_wrote_the_first_reply(app):
+    (download,) = app.get("download_button")
+    assert download.proto.disabled  # nothing to export yet
+    app.chat_input[0].set_value("Say hello.").run()
+    assert not app.exception
+    (download,) = app.get("download_button")
+    assert not download.proto.disabled
+
+
+def test_settings_prompt_and_toggles_survive_a_visit_to_another_page(lm):
+    # Every value is set through its widget, as a user does (not through at.session_state).
+    app = AppTest.from_file(APP, default_timeout=180).run()
+    app.slider(key="chat.max_new_tokens").set_value(16).run()
+    app.slider(key="chat.temperature").set_value(1.3).run()
+    app.text_area(key="chat.system_prompt").set_value("You are a pirate.").run()
+    app.chat_input[0].set_value("Hello!").run()
+    reply = app.session_state["chat.messages"][-1]
+    app.toggle(key=f"explain.toggle.{reply.id}").set_value(True).run()
+    app.switch_page("pages/tokens.py").run()
+    assert not app.exception
+    app.switch_page("pages/chat.py").run()
+    assert not app.exception
+    assert app.slider(key="chat.temperature").value == 1.3
+    assert app.slider(key="chat.max_new_tokens").value == 16
+    assert app.text_area(key="chat.system_prompt").value == "You are a pirate."
+    assert app.session_state["chat.messages"][0].content == "You are a pirate."
+    assert app.toggle(key=f"explain.toggle.{reply.id}").value
