@@ -90,7 +90,21 @@ def model_view(ov: att.AttentionOverview, layer: int, head: int) -> None:
     )
 
 
-def head_view(ov: att.AttentionOverview, weights, layer: int, head: int) -> None:
+def whole_layer(ov: att.AttentionOverview, trace, layer: int):
+    """Every row of the layer, (heads, T, T): a pass over the whole context, run on demand."""
+    if att.layer_is_cached(trace, layer):
+        return att.layer_weights(lm, trace, layer)
+    try:
+        with st.spinner(
+            f"Running the model over all {ov.n_tokens:,} tokens up to layer {layer}, for every row…"
+        ):
+            return att.layer_weights(lm, trace, layer)
+    except (ValueError, RuntimeError) as exc:
+        st.error(f"The attention could not be computed: {exc}")
+        st.stop()
+
+
+def head_view(ov: att.AttentionOverview, trace, reply_w, layer: int, head: int) -> None:
     P, T = ov.n_prompt, ov.n_tokens
     a, b = st.columns(2)
     rows_kind = a.radio(
@@ -106,22 +120,23 @@ def head_view(ov: att.AttentionOverview, weights, layer: int, head: int) -> None
     first = P if rows_kind == "Reply tokens" else 0
     shown = window(T - first, MAX_ROWS, f"Query rows (a window of {MAX_ROWS})", "attention.row_window")
     rows = range(first + shown.start, first + shown.stop)
-    w = weights[head]  # (T, T)
+    # (rows from `first`, T): the reply's rows are at hand; the whole sequence needs every row
+    w = reply_w[head] if first == P else whole_layer(ov, trace, layer)[head]
     title = f"Layer {layer}, head {head}"
     if cols_kind == "Tokens":
         cols = window(rows.stop, MAX_COLS, f"Key columns (a window of {MAX_COLS})", "attention.col_window")
         if len(cols) < rows.stop:
             st.caption("Keys outside the window are hidden; *Grouped by turn* shows the whole context.")
-        chart = charts.head_heatmap(att.head_frame(w, ov.labels, rows, cols, P), title)
+        chart = charts.head_heatmap(att.head_frame(w, ov.labels, rows, cols, P, first), title)
     else:
-        chart = charts.group_heatmap(att.head_frame_by_group(w, ov, rows), title)
+        chart = charts.group_heatmap(att.head_frame_by_group(w, ov, rows, first), title)
     st.altair_chart(chart, width="content")  # "stretch" would squeeze the rows under the labels
     st.caption(
         "Hover a cell for the exact weight. Cells right of the diagonal are 0: a token cannot see later ones."
     )
 
 
-def per_token_view(ov: att.AttentionOverview, weights, layer: int, head: int) -> None:
+def per_token_view(ov: att.AttentionOverview, reply_w, layer: int, head: int) -> None:
     P, R = ov.n_prompt, ov.n_reply
     wanted = st.query_params.get("step")
     default = int(wanted) if wanted and wanted.isdigit() and int(wanted) < R else 0
@@ -138,7 +153,7 @@ def per_token_view(ov: att.AttentionOverview, weights, layer: int, head: int) ->
     mode = st.radio(
         "Whose attention", list(modes), format_func=modes.get, horizontal=True, key="attention.mode"
     )
-    row = att.token_row(ov, step, None if mode == "all" else weights, head if mode == "head" else None)
+    row = att.token_row(ov, step, None if mode == "all" else reply_w, head if mode == "head" else None)
     pos = P + step
     skip_first = st.checkbox(
         "Scale colours without the first token (the attention sink)", value=True, key="attention.skip_first"
@@ -212,24 +227,23 @@ with main:
         st.stop()
     apply_click()
     layer, head, view = head_picker()
+    kv = st.session_state.get("chat.kv")  # the chat's keys and values: core only reads them
     try:
         if att.is_cached(trace, layer):
-            ov, weights = att.overview(lm, trace), att.layer_weights(lm, trace, layer)
+            ov, reply_w = att.overview(lm, trace), att.reply_weights(lm, trace, layer)
         else:
-            with st.spinner(
-                f"Running the model once over {len(trace.full_ids):,} tokens, recording attention…"
-            ):
-                ov = att.overview(lm, trace, keep_layer=layer)
-                weights = att.layer_weights(lm, trace, layer)
+            with st.spinner(f"Recording attention over {len(trace.full_ids):,} tokens…"):
+                ov = att.overview(lm, trace, keep_layer=layer, kv=kv)
+                reply_w = att.reply_weights(lm, trace, layer, kv=kv)  # (heads, R, T)
     except (ValueError, RuntimeError) as exc:
         st.error(f"The attention could not be computed: {exc}")
         st.stop()
     if view == "Model view":
         model_view(ov, layer, head)
     elif view == "Head view":
-        head_view(ov, weights, layer, head)
+        head_view(ov, trace, reply_w, layer, head)
     elif view == "Per-token view":
-        per_token_view(ov, weights, layer, head)
+        per_token_view(ov, reply_w, layer, head)
     elif view == "Turn view":
         turn_view(ov, layer, head)
     else:

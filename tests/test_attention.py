@@ -3,10 +3,16 @@
 from __future__ import annotations
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 
+from core.conversation import Message, build_prompt
 from core.explain import attention as att
+from core.generation import generate, new_trace
+from core.kvcache import SessionKV
+from core.settings import SamplingSettings
+from core.trace import Trace
 
 LAYER = 7
 
@@ -179,10 +185,12 @@ def test_summaries_are_valid_and_bounded(overview):
     assert frame["relative"].max() == pytest.approx(1.0)
 
 
-def test_token_row_and_top_attended(overview, weights):
-    row = att.token_row(overview, 1, weights, head=4)
+def test_token_row_and_top_attended(lm, greedy_trace, overview, weights):
+    reply_w = att.reply_weights(lm, greedy_trace, LAYER)  # (H, R, T), sliced from the kept layer
+    np.testing.assert_array_equal(reply_w, weights[:, overview.n_prompt :])
+    row = att.token_row(overview, 1, reply_w, head=4)
     np.testing.assert_array_equal(row, weights[4, overview.n_prompt + 1])
-    mean = att.token_row(overview, 1, weights)
+    mean = att.token_row(overview, 1, reply_w)
     np.testing.assert_allclose(mean, weights[:, overview.n_prompt + 1].mean(0))
     top = att.top_attended(overview, row, n=5)
     assert list(top["weight"]) == sorted(top["weight"], reverse=True)
@@ -192,4 +200,175 @@ def test_token_row_and_top_attended(overview, weights):
 def test_results_are_cached_per_reply(lm, greedy_trace, overview):
     assert att.overview(lm, greedy_trace) is overview
     assert att.is_cached(greedy_trace, LAYER)
+    assert att.layer_is_cached(greedy_trace, LAYER)
     assert not att.is_cached(greedy_trace, LAYER + 1)
+
+
+def test_head_frames_read_reply_rows_at_their_positions(lm, greedy_trace, overview, weights):
+    P, T = overview.n_prompt, overview.n_tokens
+    reply_w = weights[:, P:]  # (H, R, T): row i is position P + i
+    rows, cols = range(P, T), range(T)
+    whole = att.head_frame(weights[3], overview.labels, rows, cols, P)
+    reply = att.head_frame(reply_w[3], overview.labels, rows, cols, P, first=P)
+    pd.testing.assert_frame_equal(whole, reply)
+    whole = att.head_frame_by_group(weights[3], overview, rows)
+    reply = att.head_frame_by_group(reply_w[3], overview, rows, first=P)
+    pd.testing.assert_frame_equal(whole, reply)
+
+
+# -- the rows pass over the chat's own KV cache ------------------------------------------
+
+
+def _chat_turn(lm, messages: list[Message], kv: SessionKV | None, settings: SamplingSettings) -> Trace:
+    prompt = build_prompt(lm.tokenizer, messages, budget=2048, reserve=0)
+    return generate(lm, new_trace(lm, prompt.ids, prompt.spans, settings), kv=kv)
+
+
+@pytest.fixture(scope="module")
+def chat(lm) -> tuple[SessionKV, Trace, Trace]:
+    """A real two-turn greedy chat whose SessionKV was filled by generation itself."""
+    kv = SessionKV()
+    greedy = SamplingSettings(temperature=0, max_new_tokens=32)
+    messages = [
+        Message("system", "You are a helpful assistant."),
+        Message("user", "What is the capital of France?"),
+    ]
+    first = _chat_turn(lm, messages, kv, greedy)
+    messages += [Message("assistant", first.text, trace=first), Message("user", "And of Italy?")]
+    second = _chat_turn(lm, messages, kv, greedy)
+    assert kv.ids == second.full_ids[:-1]  # generation never reads its last token back
+    return kv, first, second
+
+
+def _snapshot(kv: SessionKV) -> tuple:
+    return kv.ids, list(kv.ids), kv.keys, kv.keys.clone(), kv.values, kv.values.clone(), kv.model_id
+
+
+def _assert_unchanged(kv: SessionKV, snap: tuple) -> None:
+    ids, ids_copy, keys, keys_copy, values, values_copy, model_id = snap
+    assert kv.ids is ids and kv.ids == ids_copy and kv.model_id == model_id
+    assert kv.keys is keys and torch.equal(kv.keys, keys_copy)
+    assert kv.values is values and torch.equal(kv.values, values_copy)
+
+
+def _assert_valid_reply_rows(rows: np.ndarray, P: int) -> None:
+    """(H, R, T): each row sums to 1 and is exactly 0 after its own position P + r."""
+    np.testing.assert_allclose(rows.sum(-1), 1.0, atol=1e-5)
+    assert np.all(rows >= 0)
+    for r in range(rows.shape[1]):
+        assert rows[:, r, P + r + 1 :].max(initial=0.0) == 0.0
+
+
+def _assert_same_overview(ov: att.AttentionOverview, ref: att.AttentionOverview) -> None:
+    np.testing.assert_allclose(ov.grouped, ref.grouped, atol=1e-4)
+    np.testing.assert_allclose(ov.thumbs, ref.thumbs, atol=1e-4)
+    np.testing.assert_allclose(ov.reply_mean, ref.reply_mean, atol=1e-4)
+    cols = ["entropy_bits", "first_token", "previous_token", "current_question"]
+    np.testing.assert_allclose(ov.stats[cols], ref.stats[cols], atol=1e-3)
+    assert list(ov.stats["looks_like"]) == list(ref.stats["looks_like"])
+
+
+@pytest.mark.parametrize("turn", [1, 2])
+def test_rows_pass_over_the_session_kv_equals_the_eager_weights(lm, chat, turn):
+    """Turn 2: every token but the last is cached. Turn 1: the cache has moved on past it."""
+    kv, first, second = chat
+    trace = first if turn == 1 else second
+    P, T = len(trace.prompt_ids), len(trace.full_ids)
+    assert att.cached_prefix(att._lean_of(lm), kv, trace.full_ids) >= T - 1
+    snap = _snapshot(kv)
+    ov = att.compute_overview(lm, trace, keep_layer=LAYER, method="kv", kv=kv)
+    rows = att.compute_reply_rows(lm, trace, 20, kv=kv)  # a pass that stops after layer 20
+    _assert_unchanged(kv, snap)
+    assert ov.method == "kv"
+    _assert_same_overview(ov, att.compute_overview(lm, trace, method="eager"))
+    np.testing.assert_allclose(rows, att.compute_layer(lm, trace, 20, method="eager")[:, P:], atol=1e-4)
+    _assert_valid_reply_rows(rows, P)
+    kept = att._REPLY_ROWS.get_or_compute(att._reply_key(trace, LAYER), lambda: None)
+    np.testing.assert_allclose(kept, att.compute_layer(lm, trace, LAYER, method="eager")[:, P:], atol=1e-4)
+
+
+def test_rows_pass_computes_only_the_rows_asked_for_with_a_causal_mask_over_the_cache(lm, chat):
+    """A few rows scattered over the context, at every layer, against the eager weights."""
+    kv, _, second = chat
+    T = len(second.full_ids)
+    asked = torch.tensor([0, 3, 17, T // 2, T - 5])
+    seen: dict[int, tuple[torch.Tensor, np.ndarray]] = {}
+    snap = _snapshot(kv)
+    c = att.kv_rows_pass(lm, kv, second.full_ids, asked, lambda i, p, w: seen.__setitem__(i, (p, w.numpy())))
+    _assert_unchanged(kv, snap)
+    assert c == T - 1
+    eager: dict[int, np.ndarray] = {}
+    att.eager_pass(lm, second.full_ids, lambda i, w: eager.__setitem__(i, w.numpy().copy()))
+    assert sorted(seen) == list(range(lm.n_layers))
+    for layer, (positions, w) in seen.items():
+        assert positions.tolist() == [*asked[:-1].tolist(), T - 5, T - 1]  # + the uncached last token
+        np.testing.assert_allclose(w, eager[layer][:, positions], atol=1e-4)
+        for i, p in enumerate(positions.tolist()):
+            assert w[:, i, p + 1 :].max(initial=0.0) == 0.0
+    wrong = eager[5][:, asked.flip(0)]  # the comparison can fail: rows in the wrong order
+    assert not np.allclose(seen[5][1][:, :5], wrong, atol=1e-4)
+
+
+def test_an_alternative_reply_reads_its_tokens_as_an_uncached_extension(lm, chat):
+    """A regenerated take of the last turn: the cache holds its prompt, none of its reply."""
+    kv, _, second = chat
+    alt = new_trace(lm, second.prompt_ids, second.spans, SamplingSettings(temperature=0, max_new_tokens=24))
+    # Another take, starting from the runner-up first token; no kv: the chat's cache stays as it was.
+    alt = generate(lm, alt, forced=[second.steps[0].top_ids[1]])
+    assert alt.full_ids != second.full_ids
+    P = len(alt.prompt_ids)
+    assert P <= att.cached_prefix(att._lean_of(lm), kv, alt.full_ids) < len(alt.full_ids) - 1
+    snap = _snapshot(kv)
+    ov = att.compute_overview(lm, alt, keep_layer=LAYER, kv=kv)
+    rows = att.compute_reply_rows(lm, alt, 29, kv=kv)
+    _assert_unchanged(kv, snap)
+    assert ov.method == "kv"
+    _assert_same_overview(ov, att.compute_overview(lm, alt, method="eager"))
+    np.testing.assert_allclose(rows, att.compute_layer(lm, alt, 29, method="eager")[:, P:], atol=1e-4)
+    _assert_valid_reply_rows(rows, P)
+
+
+def test_without_a_usable_kv_the_full_pass_runs_unchanged(lm, chat):
+    kv, _, second = chat
+    att.clear_caches()  # the fallback slices a cached whole layer when there is one
+    P = len(second.prompt_ids)
+    reference = att.compute_layer(lm, second, LAYER, method="eager")[:, P:]
+    other = SessionKV()  # another conversation: only the first few template tokens agree
+    _chat_turn(
+        lm,
+        [Message("system", "Answer in French."), Message("user", "Name three colours.")],
+        other,
+        SamplingSettings(temperature=0, max_new_tokens=8),
+    )
+    lean = att._lean_of(lm)
+    assert att.cached_prefix(lean, other, second.full_ids) < len(second.full_ids) // 2
+    stale = SessionKV()
+    stale.ids, stale.keys, stale.values, stale.model_id = kv.ids, kv.keys, kv.values, -1  # another model
+    assert att.cached_prefix(lean, stale, second.full_ids) == 0
+    for cache in (None, SessionKV(), other, stale):
+        snap = _snapshot(other)
+        ov = att.compute_overview(lm, second, keep_layer=LAYER, kv=cache)
+        _assert_unchanged(other, snap)
+        assert ov.method == "hooks"
+        rows = att.compute_reply_rows(lm, second, LAYER, kv=cache)
+        np.testing.assert_allclose(rows, reference, atol=1e-4)
+        _assert_valid_reply_rows(rows, P)
+        with pytest.raises(ValueError, match="does not cover"):
+            att.compute_overview(lm, second, kv=cache, method="kv")
+    assert not lm.lock.locked()
+
+
+def test_the_page_entry_points_use_the_kv_and_cache_bounded_pieces(lm, chat):
+    kv, _, second = chat
+    att.clear_caches()
+    ov = att.overview(lm, second, keep_layer=LAYER, kv=kv)
+    assert ov.method == "kv"
+    assert att.is_cached(second, LAYER)  # the reply rows of the kept layer came with the pass
+    T = len(second.full_ids)
+    assert T <= att.THUMB * att.THUMB_ROWS  # a short chat: every row was computed ...
+    assert att.layer_is_cached(second, LAYER)  # ... so the whole layer is at hand too
+    assert att._REPLY_ROWS.max_bytes and att._LAYERS.max_bytes
+    reply = att.reply_weights(lm, second, LAYER)
+    assert reply.shape == (lm.n_heads, len(second.steps), T)
+    np.testing.assert_array_equal(reply, att.layer_weights(lm, second, LAYER)[:, len(second.prompt_ids) :])
+    att.clear_caches()

@@ -10,6 +10,7 @@ import pytest
 from streamlit.testing.v1 import AppTest
 
 from core.charts.attention import HEAD_SELECTION
+from core.explain import attention as att
 from tests.conftest import APP
 
 PAGE = "pages/attention.py"
@@ -42,6 +43,14 @@ def charts(at: AppTest) -> list[tuple[dict, pd.DataFrame]]:
 
 def reply_trace(at: AppTest):
     return at.session_state["chat.messages"][-1].trace
+
+
+def test_the_page_reads_the_chats_kv_cache_and_leaves_it_as_it_was(lm, chatted):
+    at = chatted
+    trace, kv = reply_trace(at), at.session_state["chat.kv"]
+    assert kv.ids == trace.full_ids[:-1]  # as generation left it
+    assert att.overview(lm, trace).method == "kv"  # the cached overview the page opened with
+    assert att.is_cached(trace, lm.n_layers // 2)
 
 
 def test_model_view_shows_every_head_with_a_click_selection(lm, chatted):

@@ -13,11 +13,20 @@ causal mask, for just the query rows the page needs, and reduces them at once:
 - a small thumbnail of each head for the model view, from a fixed sample of query rows per
   row block: (layers, heads, k, k);
 - the reply rows averaged over every layer and head: (reply, T);
-- and every row of ONE layer, for the head and per-token views: (heads, T, T).
+- and the reply's rows of ONE layer, for the head and per-token views: (heads, R, T).
+
+After chatting there is a cheaper way (kv_rows_pass): the chat's SessionKV already holds
+every token's keys and values, so only the rows above (the reply's, and the sampled rows of
+the thumbnails) go through the layers, each with a causal mask over the cached keys: about
+0.4 s instead of a whole 3.5 s pass at T = 2,000. The session's cache is only read; tokens it
+lacks (the reply's last one, or a whole other take) get keys and values in scratch tensors.
+Without a usable cache (an imported chat), the full pass above runs; the head view's "whole
+sequence" rows (heads, T, T) always come from it, on demand.
 
 Models whose attention blocks do not look like Llama's fall back to one eager pass (the
-reference the tests compare against). Results are cached per (trace, length) in bounded
-caches, so revisits are instant and memory stays flat. The model lock is held for the pass.
+reference the tests compare against). Results are cached per (trace, length) in caches
+bounded by entries and bytes, so revisits are instant and memory stays flat. The model lock
+is held for each pass.
 """
 
 from __future__ import annotations
@@ -32,6 +41,7 @@ import pandas as pd
 import torch
 
 from core.cache import BoundedCache
+from core.kvcache import LeanModel, SessionKV, _rms_norm
 from core.models import LoadedModel
 from core.tokens import readable
 from core.trace import Trace
@@ -42,8 +52,13 @@ SINK_HEAD = 0.5  # a head whose reply rows give at least this share to the first
 PREVIOUS_HEAD = 0.5  # ... or to the previous token
 CATEGORIES = ["System prompt", "Earlier turns", "Current question", "Template tokens", "This reply so far"]
 
-_OVERVIEWS: BoundedCache[AttentionOverview] = BoundedCache(max_entries=4)
-_LAYERS: BoundedCache[np.ndarray] = BoundedCache(max_entries=2)  # up to 144 MB each at T = 2,000
+MAX_EXTENSION = 0.5  # the session-KV rows pass is used when at most this share of T is not cached
+
+_OVERVIEWS: BoundedCache[AttentionOverview] = BoundedCache(max_entries=4)  # < 10 MB each
+# Whole layers (heads, T, T): 144 MB each at T = 2,000; only the "whole sequence" head view needs one.
+_LAYERS: BoundedCache[np.ndarray] = BoundedCache(max_entries=2, max_bytes=300 * 2**20)
+# The reply's rows of one layer (heads, R, T): 3.5 MB for 48 reply tokens at T = 2,000.
+_REPLY_ROWS: BoundedCache[np.ndarray] = BoundedCache(max_entries=16, max_bytes=64 * 2**20)
 
 
 @dataclass(frozen=True)
@@ -68,7 +83,7 @@ class AttentionOverview:
     reply_mean: np.ndarray  # (R, T) reply rows averaged over every layer and head
     stats: pd.DataFrame  # one row per (layer, head)
     seconds: float  # how long the pass took
-    method: str  # "hooks" (sdpa + recomputed rows) or "eager"
+    method: str  # "kv" (rows pass over the chat's KV cache), "hooks" (sdpa + recomputed rows) or "eager"
 
     @property
     def n_tokens(self) -> int:
@@ -269,6 +284,87 @@ def attention_pass(
     return method
 
 
+# -- the rows pass over the session's KV cache -------------------------------------------
+
+
+def _lean_of(lm: LoadedModel) -> LeanModel | None:
+    """The lean model the chat decodes with, if it is built (never builds it here)."""
+    lean = getattr(lm, "lean", None)
+    return lean if lean is not None else getattr(lm.model, "_glassbox_lean", None)
+
+
+def cached_prefix(lean: LeanModel | None, kv: SessionKV | None, ids: list[int]) -> int:
+    """How many leading positions of ids have their keys and values in kv (0 when unusable).
+
+    Reuse is keyed on the token ids: K/V at position i depend only on ids[: i + 1], so the
+    longest common prefix is valid by construction. Read under the model lock.
+    """
+    if lean is None or kv is None or kv.keys is None or kv.values is None or kv.model_id != lean.model_id:
+        return 0
+    n = min(len(kv.ids), len(ids), kv.capacity)
+    mismatch = np.flatnonzero(np.asarray(kv.ids[:n]) != np.asarray(ids[:n]))
+    return int(mismatch[0]) if len(mismatch) else n
+
+
+def kv_rows_pass(
+    lm: LoadedModel,
+    kv: SessionKV | None,
+    ids: list[int],
+    rows: torch.Tensor,
+    on_layer: Callable[[int, torch.Tensor, torch.Tensor], None],
+    last_layer: int | None = None,
+) -> int | None:
+    """The attention rows asked for, computed from the chat's cached keys and values.
+
+    A query row's weights at layer L need only its own q at L and the keys at or before it;
+    its hidden state at L needs only the cached K/V of the positions before it. So only the
+    asked-for rows go through the layers (a per-row causal mask over the cached keys), plus
+    the positions [c, T) missing from the cache (c = cached_prefix), whose K/V are computed
+    into scratch tensors. kv is only read: its ids and tensors are left as they are.
+
+    on_layer(layer, positions, weights) gets the computed positions (sorted; a superset of
+    rows) and weights (heads, len(positions), T). Returns c, or None (nothing computed) when
+    kv does not cover enough of ids (more than MAX_EXTENSION of T missing): use a full pass.
+    Holds the model lock for the whole computation.
+    """
+    T = len(ids)
+    with lm.lock, torch.inference_mode():
+        lean = _lean_of(lm) if kv is not None and kv.ids else None
+        c = cached_prefix(lean, kv, ids)
+        if lean is None or c == 0 or T - c > MAX_EXTENSION * T:
+            return None
+        pos = torch.unique(torch.cat([rows[rows < c], torch.arange(c, T)]))  # (n,) sorted
+        n, first_new = len(pos), int((pos < c).sum())
+        heads, kv_heads, hd = lean.n_heads, lean.n_kv_heads, lean.head_dim
+        group, q_width, k_width, half = heads // kv_heads, heads * hd, kv_heads * hd, hd // 2
+        cos_all, sin_all = lean.rope(T)
+        cos, sin = cos_all[pos], sin_all[pos]  # (n, hd)
+        hidden = torch.arange(T)[None, :] > pos[:, None]  # (n, T): keys after each row's own position
+        h = lean.embed[torch.tensor(ids)[pos]]  # (n, d)
+        last = lean.n_layers - 1 if last_layer is None else last_layer
+        for i, w in enumerate(lean.layers[: last + 1]):
+            x = _rms_norm(h, w.ln1, lean.eps)
+            qkv = x @ w.qkv  # (n, q_width + 2 * k_width)
+            qk = qkv[:, : q_width + k_width].view(n, heads + kv_heads, hd).transpose(0, 1)  # (h+kv, n, hd)
+            qk = qk * cos + qk.roll(half, dims=-1) * sin  # rotary, as SessionKV.forward applies it
+            v = qkv[:, q_width + k_width :].view(n, kv_heads, hd).transpose(0, 1)  # (kv, n, hd)
+            keys, values = kv.keys[i, :, :c], kv.values[i, :, :c]  # (kv, c, hd) read-only views
+            if c < T:  # the uncached tail: this pass's own keys and values, in new tensors
+                keys = torch.cat([keys, qk[heads:, first_new:]], dim=1)  # (kv, T, hd)
+                values = torch.cat([values, v[:, first_new:]], dim=1)
+            # Query head j uses kv head j // group (transformers' repeat_interleave order).
+            q = qk[:heads].reshape(kv_heads, group * n, hd)  # (kv, group * n, hd)
+            scores = (q @ keys.transpose(1, 2)).view(heads, n, T) * hd**-0.5  # (heads, n, T)
+            weights = torch.softmax(scores.masked_fill_(hidden, float("-inf")), dim=-1)
+            mixed = (weights.view(kv_heads, group * n, T) @ values).view(heads, n, hd)
+            h = h + mixed.transpose(0, 1).reshape(n, q_width) @ w.o
+            x = _rms_norm(h, w.ln2, lean.eps)
+            gate_up = x @ w.gate_up  # (n, 2 * ffn)
+            h = h + (torch.nn.functional.silu(gate_up[:, : lean.ffn]) * gate_up[:, lean.ffn :]) @ w.down
+            on_layer(i, pos, weights)
+    return c
+
+
 def _bins(n: int, k: int) -> np.ndarray:
     """Equal-width bin index for each of n positions, k bins. 10, 3 -> [0 0 0 0 1 1 1 2 2 2]."""
     return np.minimum((np.arange(n) * k) // max(n, 1), k - 1)
@@ -291,11 +387,18 @@ def thumbnail_rows(T: int, k: int) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def compute_overview(
-    lm: LoadedModel, trace: Trace, keep_layer: int | None = None, method: str = "auto"
+    lm: LoadedModel,
+    trace: Trace,
+    keep_layer: int | None = None,
+    method: str = "auto",
+    kv: SessionKV | None = None,
 ) -> AttentionOverview:
-    """One pass over trace.full_ids -> the overview (and, if asked, every row of one layer).
+    """One pass over trace.full_ids -> the overview (and, if asked, the rows of one layer).
 
-    The kept layer goes into the layer cache, so the head view needs no second pass.
+    method "auto": the rows pass over kv (the chat's SessionKV) when it covers the reply's
+    context, else a full pass ("hooks", or "eager" for models the hooks do not fit); "kv"
+    insists on the rows pass (ValueError when kv does not cover it). The kept layer goes into
+    the caches: its reply rows after a rows pass, all its rows after a full pass.
     """
     ids = trace.full_ids
     T, P = len(ids), len(trace.prompt_ids)
@@ -340,15 +443,20 @@ def compute_overview(
         stat[layer, :, 2] = reply[:, steps, P - 1 + steps].mean(-1).numpy()
         stat[layer, :, 3] = by_group[:, :, current].sum(-1).mean(-1).numpy() if current else 0.0
         if layer == keep_layer:
-            kept.append(w.numpy())  # every row, in order; no copy: nothing writes to it later
+            # every row in order (a full pass), else the reply's rows; nothing writes to them later
+            kept.append(w.numpy() if len(rows) == T else reply.numpy())
 
     start = time.perf_counter()
-    used = attention_pass(
-        lm, ids, lambda i: everything if i == keep_layer else needed, on_layer, method=method
-    )
+    used = "kv"
+    if method not in ("auto", "kv") or kv_rows_pass(lm, kv, ids, needed, on_layer) is None:
+        if method == "kv":
+            raise ValueError("the session's KV cache does not cover this reply")
+        used = attention_pass(
+            lm, ids, lambda i: everything if i == keep_layer else needed, on_layer, method=method
+        )
     seconds = time.perf_counter() - start
     if kept:
-        _LAYERS.get_or_compute(_layer_key(trace, keep_layer), lambda: kept[0])
+        _keep(trace, keep_layer, kept[0])
     return AttentionOverview(
         trace_id=trace.trace_id,
         n_prompt=P,
@@ -383,10 +491,14 @@ def _stats_frame(stat: np.ndarray) -> pd.DataFrame:
     return df
 
 
-def compute_layer(lm: LoadedModel, trace: Trace, layer: int, method: str = "auto") -> np.ndarray:
-    """Every row of one layer: (heads, T, T). Earlier layers compute no rows; the pass stops after it."""
+def _check_layer(lm: LoadedModel, layer: int) -> None:
     if not 0 <= layer < lm.n_layers:
         raise ValueError(f"layer must be in 0..{lm.n_layers - 1}, got {layer}")
+
+
+def compute_layer(lm: LoadedModel, trace: Trace, layer: int, method: str = "auto") -> np.ndarray:
+    """Every row of one layer: (heads, T, T). Earlier layers compute no rows; the pass stops after it."""
+    _check_layer(lm, layer)
     T = len(trace.full_ids)
     everything, nothing = torch.arange(T), torch.zeros(0, dtype=torch.long)
     kept: list[np.ndarray] = []
@@ -401,6 +513,37 @@ def compute_layer(lm: LoadedModel, trace: Trace, layer: int, method: str = "auto
     return kept[0]
 
 
+def compute_reply_rows(lm: LoadedModel, trace: Trace, layer: int, kv: SessionKV | None = None) -> np.ndarray:
+    """The reply's rows of one layer: (heads, R, T), zero after each row's own position.
+
+    A rows pass over kv that stops after `layer` when kv covers the context; otherwise the
+    whole layer (then cached too, for the whole-sequence head view), sliced.
+    """
+    _check_layer(lm, layer)
+    ids, P = trace.full_ids, len(trace.prompt_ids)
+    reply_rows = torch.arange(P, len(ids))
+    kept: list[np.ndarray] = []
+
+    def on_layer(i: int, rows: torch.Tensor, w: torch.Tensor) -> None:
+        if i == layer:
+            where = torch.full((len(ids),), -1, dtype=torch.long)
+            where[rows] = torch.arange(len(rows))
+            kept.append(w[:, where[reply_rows]].numpy())  # (H, R, T)
+
+    if kv_rows_pass(lm, kv, ids, reply_rows, on_layer, last_layer=layer) is not None:
+        return kept[0]
+    return layer_weights(lm, trace, layer)[:, P:].copy()
+
+
+def _keep(trace: Trace, layer: int, weights: np.ndarray) -> None:
+    """Cache a pass's kept layer: all rows (heads, T, T) or the reply's rows (heads, R, T)."""
+    P, T = len(trace.prompt_ids), len(trace.full_ids)
+    if weights.shape[1] == T:
+        _LAYERS.get_or_compute(_layer_key(trace, layer), lambda: weights)
+        weights = weights[:, P:].copy()
+    _REPLY_ROWS.get_or_compute(_reply_key(trace, layer), lambda: weights)
+
+
 # -- cached entry points ---------------------------------------------------------------
 
 
@@ -412,24 +555,49 @@ def _layer_key(trace: Trace, layer: int | None) -> tuple:
     return ("layer", trace.trace_id, len(trace.full_ids), layer)
 
 
-def overview(lm: LoadedModel, trace: Trace, keep_layer: int | None = None) -> AttentionOverview:
-    """The cached overview of a reply; the first call also keeps `keep_layer`'s weights."""
-    return _OVERVIEWS.get_or_compute(_overview_key(trace), lambda: compute_overview(lm, trace, keep_layer))
+def _reply_key(trace: Trace, layer: int | None) -> tuple:
+    return ("reply rows", trace.trace_id, len(trace.full_ids), layer)
+
+
+def overview(
+    lm: LoadedModel, trace: Trace, keep_layer: int | None = None, kv: SessionKV | None = None
+) -> AttentionOverview:
+    """The cached overview of a reply; the first call also keeps `keep_layer`'s weights.
+
+    kv: the chat session's SessionKV (read only); with it the pass reads the cached keys and
+    values instead of running the model over the whole context again.
+    """
+    return _OVERVIEWS.get_or_compute(
+        _overview_key(trace), lambda: compute_overview(lm, trace, keep_layer, kv=kv)
+    )
+
+
+def reply_weights(lm: LoadedModel, trace: Trace, layer: int, kv: SessionKV | None = None) -> np.ndarray:
+    """The cached weights of the reply's rows at one layer: (heads, R, T); row r is position P + r."""
+    return _REPLY_ROWS.get_or_compute(
+        _reply_key(trace, layer), lambda: compute_reply_rows(lm, trace, layer, kv)
+    )
 
 
 def layer_weights(lm: LoadedModel, trace: Trace, layer: int) -> np.ndarray:
-    """The cached full weights of one layer: (heads, T, T)."""
+    """The cached weights of every row of one layer: (heads, T, T). Needs a pass up to `layer`."""
     return _LAYERS.get_or_compute(_layer_key(trace, layer), lambda: compute_layer(lm, trace, layer))
 
 
 def is_cached(trace: Trace, layer: int) -> bool:
-    """True when the page can open this reply and layer without running the model."""
-    return _overview_key(trace) in _OVERVIEWS and _layer_key(trace, layer) in _LAYERS
+    """True when the page can open this reply and layer (reply rows) without running the model."""
+    return _overview_key(trace) in _OVERVIEWS and _reply_key(trace, layer) in _REPLY_ROWS
+
+
+def layer_is_cached(trace: Trace, layer: int) -> bool:
+    """True when every row of this layer is at hand (the whole-sequence head view)."""
+    return _layer_key(trace, layer) in _LAYERS
 
 
 def clear_caches() -> None:
     _OVERVIEWS.clear()
     _LAYERS.clear()
+    _REPLY_ROWS.clear()
 
 
 # -- DataFrames for the views ----------------------------------------------------------
@@ -462,11 +630,12 @@ def _axis_label(pos: int, label: str) -> str:
 
 
 def head_frame(
-    weights: np.ndarray, labels: list[str], rows: range, cols: range, n_prompt: int
+    weights: np.ndarray, labels: list[str], rows: range, cols: range, n_prompt: int, first: int = 0
 ) -> pd.DataFrame:
     """One head's weights as long rows: query, key, query_token, key_token, weight.
 
-    weights: (T, T) for one head (or a mean of heads). rows/cols: the positions to include.
+    weights: (n, T) for one head (or a mean of heads), row i being position first + i:
+    a whole layer's head (first 0) or the reply's rows (first P). rows/cols: the positions to include.
     """
     q = np.repeat(np.asarray(rows), len(cols))
     kk = np.tile(np.asarray(cols), len(rows))
@@ -476,18 +645,23 @@ def head_frame(
             "key": kk,
             "query_token": [_axis_label(i, labels[i]) for i in q],
             "key_token": [_axis_label(j, labels[j]) for j in kk],
-            "weight": weights[q, kk].astype(np.float64),
+            "weight": weights[q - first, kk].astype(np.float64),
             "in_reply": q >= n_prompt,
         }
     )
 
 
-def head_frame_by_group(weights: np.ndarray, ov: AttentionOverview, rows: range) -> pd.DataFrame:
-    """One head's rows with columns summed per group: query, query_token, group, group_name, weight."""
+def head_frame_by_group(
+    weights: np.ndarray, ov: AttentionOverview, rows: range, first: int = 0
+) -> pd.DataFrame:
+    """One head's rows with columns summed per group: query, query_token, group, group_name, weight.
+
+    weights: (n, T), row i being position first + i (as in head_frame).
+    """
     G = len(ov.groups)
     r = np.asarray(rows)
     sums = np.zeros((len(r), G))
-    np.add.at(sums.T, ov.group_of, weights[r].T)  # (G, rows) += (T, rows) by group
+    np.add.at(sums.T, ov.group_of, weights[r - first].T)  # (G, rows) += (T, rows) by group
     return pd.DataFrame(
         {
             "query": np.repeat(r, G),
@@ -530,16 +704,16 @@ def turn_frame(ov: AttentionOverview, layer: int | None = None, head: int | None
 
 
 def token_row(
-    ov: AttentionOverview, step: int, layer_w: np.ndarray | None = None, head: int | None = None
+    ov: AttentionOverview, step: int, reply_w: np.ndarray | None = None, head: int | None = None
 ) -> np.ndarray:
     """How much reply token `step` attended to each position: (T,), zero after the token.
 
-    layer_w None -> mean over every layer and head; head None -> mean of layer_w's heads.
+    reply_w: one layer's reply rows (heads, R, T), or None -> mean over every layer and head;
+    head None -> mean of reply_w's heads.
     """
-    if layer_w is None:
+    if reply_w is None:
         return ov.reply_mean[step]
-    pos = ov.n_prompt + step
-    return layer_w[:, pos].mean(axis=0) if head is None else layer_w[head, pos]
+    return reply_w[:, step].mean(axis=0) if head is None else reply_w[head, step]
 
 
 def top_attended(ov: AttentionOverview, row: np.ndarray, n: int = 10) -> pd.DataFrame:
