@@ -238,6 +238,12 @@ with main:
     except (ValueError, RuntimeError) as exc:
         st.error(f"The attention could not be computed: {exc}")
         st.stop()
+    how = (
+        "from the keys and values the chat kept while writing (only the rows shown were computed)"
+        if ov.method == "kv"
+        else f"with one pass of the model over all {ov.n_tokens:,} tokens"
+    )
+    st.caption(f"Attention recorded in {ov.seconds:.1f} s, {how}.")
     if view == "Model view":
         model_view(ov, layer, head)
     elif view == "Head view":

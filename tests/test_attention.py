@@ -293,9 +293,10 @@ def test_rows_pass_computes_only_the_rows_asked_for_with_a_causal_mask_over_the_
     T = len(second.full_ids)
     asked = torch.tensor([0, 3, 17, T // 2, T - 5])
     seen: dict[int, tuple[torch.Tensor, np.ndarray]] = {}
-    snap = _snapshot(kv)
+    snap, threads = _snapshot(kv), torch.get_num_threads()
     c = att.kv_rows_pass(lm, kv, second.full_ids, asked, lambda i, p, w: seen.__setitem__(i, (p, w.numpy())))
     _assert_unchanged(kv, snap)
+    assert torch.get_num_threads() == threads and not lm.lock.locked()
     assert c == T - 1
     eager: dict[int, np.ndarray] = {}
     att.eager_pass(lm, second.full_ids, lambda i, w: eager.__setitem__(i, w.numpy().copy()))

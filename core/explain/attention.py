@@ -53,6 +53,9 @@ PREVIOUS_HEAD = 0.5  # ... or to the previous token
 CATEGORIES = ["System prompt", "Earlier turns", "Current question", "Template tokens", "This reply so far"]
 
 MAX_EXTENSION = 0.5  # the session-KV rows pass is used when at most this share of T is not cached
+# subtle: the rows pass is ~20 small ops per layer; with 2 OpenMP threads on a shared 2-core
+# machine each op waits for a core another process holds (measured: 8.0 s vs 0.5 s on 1 thread).
+ROWS_PASS_THREADS = 1
 
 _OVERVIEWS: BoundedCache[AttentionOverview] = BoundedCache(max_entries=4)  # < 10 MB each
 # Whole layers (heads, T, T): 144 MB each at T = 2,000; only the "whole sequence" head view needs one.
@@ -333,36 +336,55 @@ def kv_rows_pass(
         c = cached_prefix(lean, kv, ids)
         if lean is None or c == 0 or T - c > MAX_EXTENSION * T:
             return None
-        pos = torch.unique(torch.cat([rows[rows < c], torch.arange(c, T)]))  # (n,) sorted
-        n, first_new = len(pos), int((pos < c).sum())
-        heads, kv_heads, hd = lean.n_heads, lean.n_kv_heads, lean.head_dim
-        group, q_width, k_width, half = heads // kv_heads, heads * hd, kv_heads * hd, hd // 2
-        cos_all, sin_all = lean.rope(T)
-        cos, sin = cos_all[pos], sin_all[pos]  # (n, hd)
-        hidden = torch.arange(T)[None, :] > pos[:, None]  # (n, T): keys after each row's own position
-        h = lean.embed[torch.tensor(ids)[pos]]  # (n, d)
-        last = lean.n_layers - 1 if last_layer is None else last_layer
-        for i, w in enumerate(lean.layers[: last + 1]):
-            x = _rms_norm(h, w.ln1, lean.eps)
-            qkv = x @ w.qkv  # (n, q_width + 2 * k_width)
-            qk = qkv[:, : q_width + k_width].view(n, heads + kv_heads, hd).transpose(0, 1)  # (h+kv, n, hd)
-            qk = qk * cos + qk.roll(half, dims=-1) * sin  # rotary, as SessionKV.forward applies it
-            v = qkv[:, q_width + k_width :].view(n, kv_heads, hd).transpose(0, 1)  # (kv, n, hd)
-            keys, values = kv.keys[i, :, :c], kv.values[i, :, :c]  # (kv, c, hd) read-only views
-            if c < T:  # the uncached tail: this pass's own keys and values, in new tensors
-                keys = torch.cat([keys, qk[heads:, first_new:]], dim=1)  # (kv, T, hd)
-                values = torch.cat([values, v[:, first_new:]], dim=1)
-            # Query head j uses kv head j // group (transformers' repeat_interleave order).
-            q = qk[:heads].reshape(kv_heads, group * n, hd)  # (kv, group * n, hd)
-            scores = (q @ keys.transpose(1, 2)).view(heads, n, T) * hd**-0.5  # (heads, n, T)
-            weights = torch.softmax(scores.masked_fill_(hidden, float("-inf")), dim=-1)
-            mixed = (weights.view(kv_heads, group * n, T) @ values).view(heads, n, hd)
-            h = h + mixed.transpose(0, 1).reshape(n, q_width) @ w.o
-            x = _rms_norm(h, w.ln2, lean.eps)
-            gate_up = x @ w.gate_up  # (n, 2 * ffn)
-            h = h + (torch.nn.functional.silu(gate_up[:, : lean.ffn]) * gate_up[:, lean.ffn :]) @ w.down
-            on_layer(i, pos, weights)
+        threads = torch.get_num_threads()
+        torch.set_num_threads(min(ROWS_PASS_THREADS, threads))
+        try:
+            _rows_through_layers(lean, kv, ids, c, rows, on_layer, last_layer)
+        finally:
+            torch.set_num_threads(threads)
     return c
+
+
+def _rows_through_layers(
+    lean: LeanModel,
+    kv: SessionKV,
+    ids: list[int],
+    c: int,
+    rows: torch.Tensor,
+    on_layer: Callable[[int, torch.Tensor, torch.Tensor], None],
+    last_layer: int | None,
+) -> None:
+    """kv_rows_pass's computation (the caller holds the lock and checked that kv covers [0, c))."""
+    T = len(ids)
+    pos = torch.unique(torch.cat([rows[rows < c], torch.arange(c, T)]))  # (n,) sorted
+    n, first_new = len(pos), int((pos < c).sum())
+    heads, kv_heads, hd = lean.n_heads, lean.n_kv_heads, lean.head_dim
+    group, q_width, k_width, half = heads // kv_heads, heads * hd, kv_heads * hd, hd // 2
+    cos_all, sin_all = lean.rope(T)
+    cos, sin = cos_all[pos], sin_all[pos]  # (n, hd)
+    hidden = torch.arange(T)[None, :] > pos[:, None]  # (n, T): keys after each row's own position
+    h = lean.embed[torch.tensor(ids)[pos]]  # (n, d)
+    last = lean.n_layers - 1 if last_layer is None else last_layer
+    for i, w in enumerate(lean.layers[: last + 1]):
+        x = _rms_norm(h, w.ln1, lean.eps)
+        qkv = x @ w.qkv  # (n, q_width + 2 * k_width)
+        qk = qkv[:, : q_width + k_width].view(n, heads + kv_heads, hd).transpose(0, 1)  # (h+kv, n, hd)
+        qk = qk * cos + qk.roll(half, dims=-1) * sin  # rotary, as SessionKV.forward applies it
+        v = qkv[:, q_width + k_width :].view(n, kv_heads, hd).transpose(0, 1)  # (kv, n, hd)
+        keys, values = kv.keys[i, :, :c], kv.values[i, :, :c]  # (kv, c, hd) read-only views
+        if c < T:  # the uncached tail: this pass's own keys and values, in new tensors
+            keys = torch.cat([keys, qk[heads:, first_new:]], dim=1)  # (kv, T, hd)
+            values = torch.cat([values, v[:, first_new:]], dim=1)
+        # Query head j uses kv head j // group (transformers' repeat_interleave order).
+        q = qk[:heads].reshape(kv_heads, group * n, hd)  # (kv, group * n, hd)
+        scores = (q @ keys.transpose(1, 2)).view(heads, n, T) * hd**-0.5  # (heads, n, T)
+        weights = torch.softmax(scores.masked_fill_(hidden, float("-inf")), dim=-1)
+        mixed = (weights.view(kv_heads, group * n, T) @ values).view(heads, n, hd)
+        h = h + mixed.transpose(0, 1).reshape(n, q_width) @ w.o
+        x = _rms_norm(h, w.ln2, lean.eps)
+        gate_up = x @ w.gate_up  # (n, 2 * ffn)
+        h = h + (torch.nn.functional.silu(gate_up[:, : lean.ffn]) * gate_up[:, lean.ffn :]) @ w.down
+        on_layer(i, pos, weights)
 
 
 def _bins(n: int, k: int) -> np.ndarray:

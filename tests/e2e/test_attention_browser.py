@@ -21,6 +21,8 @@ def test_attention_views_for_a_two_turn_chat(page):
     chart = page.locator('[data-testid="stVegaLiteChart"]').first
     chart.wait_for()
     assert page.get_by_text("Click a square to open that head").count() == 1
+    # After chatting, the page reads the chat's own KV cache instead of re-running the model.
+    assert page.get_by_text("from the keys and values the chat kept while writing").count() == 1
     screenshot(page, "attention-model-view")
 
     # Click one head's thumbnail: the page opens it in the head view.
@@ -37,6 +39,14 @@ def test_attention_views_for_a_two_turn_chat(page):
     assert "Head view" in active.first.inner_text()
     assert page.locator('[data-testid="stVegaLiteChart"]').count() == 1
     screenshot(page, "attention-head-view")
+
+    # Every row of the sequence: a pass over the whole context, run on demand.
+    page.locator('[data-testid="stRadio"] label', has_text="Whole sequence").click()
+    page.get_by_text("Query rows (a window of 48)").wait_for()  # the context is longer than 48 rows
+    wait_idle(page)
+    assert_no_exception(page)
+    assert page.locator('[data-testid="stVegaLiteChart"]').count() == 1
+    screenshot(page, "attention-head-view-whole-sequence")
 
     open_view(page, "Per-token view")
     page.locator(".gb-chip.chosen").first.wait_for()  # the rerun may start after the click returns
