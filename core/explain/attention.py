@@ -469,10 +469,11 @@ def compute_overview(
             kept.append(w.numpy() if len(rows) == T else reply.numpy())
 
     start = time.perf_counter()
-    used = "kv"
-    if method not in ("auto", "kv") or kv_rows_pass(lm, kv, ids, needed, on_layer) is None:
-        if method == "kv":
-            raise ValueError("the session's KV cache does not cover this reply")
+    if method in ("auto", "kv") and kv_rows_pass(lm, kv, ids, needed, on_layer) is not None:
+        used = "kv"
+    elif method == "kv":
+        raise ValueError("the session's KV cache does not cover this reply")
+    else:
         used = attention_pass(
             lm, ids, lambda i: everything if i == keep_layer else needed, on_layer, method=method
         )
