@@ -239,7 +239,7 @@ with main:
         st.error(f"The attention could not be computed: {exc}")
         st.stop()
     how = (
-        "from the keys and values the chat kept while writing (only the rows shown were computed)"
+        "from the keys and values the chat kept while writing (no second pass over the whole conversation)"
         if ov.method == "kv"
         else f"with one pass of the model over all {ov.n_tokens:,} tokens"
     )
