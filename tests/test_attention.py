@@ -275,6 +275,7 @@ def test_rows_pass_over_the_session_kv_equals_the_eager_weights(lm, chat, turn):
     trace = first if turn == 1 else second
     P, T = len(trace.prompt_ids), len(trace.full_ids)
     assert att.cached_prefix(att._lean_of(lm), kv, trace.full_ids) >= T - 1
+    att.clear_caches()  # compute_reply_rows would slice a cached whole layer instead
     snap = _snapshot(kv)
     ov = att.compute_overview(lm, trace, keep_layer=LAYER, method="kv", kv=kv)
     rows = att.compute_reply_rows(lm, trace, 20, kv=kv)  # a pass that stops after layer 20
@@ -319,6 +320,7 @@ def test_an_alternative_reply_reads_its_tokens_as_an_uncached_extension(lm, chat
     assert alt.full_ids != second.full_ids
     P = len(alt.prompt_ids)
     assert P <= att.cached_prefix(att._lean_of(lm), kv, alt.full_ids) < len(alt.full_ids) - 1
+    att.clear_caches()
     snap = _snapshot(kv)
     ov = att.compute_overview(lm, alt, keep_layer=LAYER, kv=kv)
     rows = att.compute_reply_rows(lm, alt, 29, kv=kv)

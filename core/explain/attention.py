@@ -553,7 +553,10 @@ def compute_reply_rows(lm: LoadedModel, trace: Trace, layer: int, kv: SessionKV 
             where[rows] = torch.arange(len(rows))
             kept.append(w[:, where[reply_rows]].numpy())  # (H, R, T)
 
-    if kv_rows_pass(lm, kv, ids, reply_rows, on_layer, last_layer=layer) is not None:
+    if (
+        not layer_is_cached(trace, layer)
+        and kv_rows_pass(lm, kv, ids, reply_rows, on_layer, layer) is not None
+    ):
         return kept[0]
     return layer_weights(lm, trace, layer)[:, P:].copy()
 
