@@ -53,6 +53,7 @@ def test_attention_views_for_a_two_turn_chat(page):
     assert_no_exception(page)
     assert page.locator(".gb-chip.chosen").count() == 1
     assert page.locator(".gb-chip").count() > 20
+    page.locator('[data-testid="stDataFrame"] canvas').first.wait_for()  # the top-10 table is drawn
     screenshot(page, "attention-per-token-view")
 
     open_view(page, "Turn view")
