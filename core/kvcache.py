@@ -95,7 +95,7 @@ def supports_config(config: Any) -> bool:
     if config is None or getattr(config, "model_type", "") not in ("llama",):
         return False
     rope = getattr(config, "rope_parameters", None) or getattr(config, "rope_scaling", None) or {}
-    if rope.get("rope_type", "default") != "default":
+    if rope.get("rope_type", rope.get("type", "default")) != "default":
         return False
     if getattr(config, "attention_bias", False) or getattr(config, "mlp_bias", False):
         return False
@@ -149,6 +149,8 @@ def lean_from_weights(weights: dict[str, torch.Tensor], config: Any) -> LeanMode
         head = (embed if tied else get("lm_head.weight")).t().contiguous()  # (d, vocab)
         if tied:
             embed = head.t()  # (vocab, d) view of the same memory; a row lookup per token is cheap
+        else:
+            embed = embed.clone()  # own memory: `weights` may be a memory-mapped file the caller drops
         # Same arithmetic as transformers' default rotary init, so the tables are bit-identical.
         steps = torch.arange(0, head_dim, 2, dtype=torch.int64).to(dtype=torch.float)
         inv_freq = 1.0 / (_rope_theta(config) ** (steps / head_dim))

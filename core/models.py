@@ -176,7 +176,12 @@ def _parts_of(tokenizer: Any, model: Any) -> _Parts:
 def _open(source: str | Path) -> _Parts:
     """Load a local folder (the fast start when it fits) or a hub id."""
     folder = Path(source)
-    fast = _fast_llama(folder) if folder.is_dir() else None
+    fast = None
+    if folder.is_dir():
+        try:
+            fast = _fast_llama(folder)
+        except Exception:  # noqa: BLE001 - the ordinary load below decides; a corrupt file fails there too
+            log.warning("fast start failed for %s; loading it through transformers", folder, exc_info=True)
     if fast is None:
         return _parts_of(*_load_pretrained(source))
     tokenizer, lean, config, n_params, eos = fast
@@ -208,18 +213,46 @@ def _fast_llama(folder: Path) -> tuple[Any, Any, Any, int, frozenset[int]] | Non
     tokenizer = PreTrainedTokenizerFast.from_pretrained(folder)
     state = load_file(weights)  # memory-mapped; lean_from_weights copies what it keeps
     lean = lean_from_weights(state, config)
-    n_params = sum(t.numel() for t in state.values())
+    tied = getattr(config, "tie_word_embeddings", False)
+    n_params = sum(t.numel() for name, t in state.items() if not (tied and name == "lm_head.weight"))
     del state
     eos: set[int] = set()
     try:
         generation = json.loads((folder / "generation_config.json").read_text())
     except (OSError, ValueError):
         generation = {}
-    for source in (generation.get("eos_token_id"), getattr(config, "eos_token_id", None)):
-        eos.update([source] if isinstance(source, int) else (source or []))
+    # As transformers does: generation_config.json's eos ids, else the config's.
+    source = generation.get("eos_token_id", getattr(config, "eos_token_id", None))
+    eos.update([source] if isinstance(source, int) else (source or []))
     if tokenizer.eos_token_id is not None:
         eos.add(int(tokenizer.eos_token_id))
     return tokenizer, lean, config, n_params, frozenset(eos)
+
+
+_SWITCH_LOCK = threading.Lock()
+_SWITCH_USERS = 0
+_SWITCH_SAVED = 0.005
+
+
+def _short_switch_interval(on: bool) -> None:
+    """Shorten the GIL switch interval while at least one background load runs.
+
+    subtle: importing modules is pure Python and holds the GIL; a reply decoding at the
+    same time needs it back after every torch op and would wait up to the 5 ms switch
+    interval each time (4 tokens/s instead of 30). A short interval lets the decode loop in
+    quickly. Counted, so overlapping loads restore the original interval only when the last ends.
+    """
+    global _SWITCH_USERS, _SWITCH_SAVED
+    with _SWITCH_LOCK:
+        if on:
+            if _SWITCH_USERS == 0:
+                _SWITCH_SAVED = sys.getswitchinterval()
+                sys.setswitchinterval(min(_SWITCH_SAVED, 0.0002))
+            _SWITCH_USERS += 1
+        else:
+            _SWITCH_USERS -= 1
+            if _SWITCH_USERS == 0:
+                sys.setswitchinterval(_SWITCH_SAVED)
 
 
 def _background(fn: Callable[[], Any], name: str) -> Future:
@@ -227,18 +260,13 @@ def _background(fn: Callable[[], Any], name: str) -> Future:
     future: Future = Future()
 
     def run() -> None:
-        # subtle: importing modules is pure Python and holds the GIL; a reply decoding at the
-        # same time needs it back after every torch op and would wait up to the 5 ms switch
-        # interval each time (4 tokens/s instead of 30). A short interval while this runs
-        # lets the decode loop in quickly.
-        interval = sys.getswitchinterval()
-        sys.setswitchinterval(min(interval, 0.0002))
+        _short_switch_interval(True)
         try:
             future.set_result(fn())
         except BaseException as exc:  # noqa: BLE001 - handed to whoever asks for the result
             future.set_exception(exc)
         finally:
-            sys.setswitchinterval(interval)
+            _short_switch_interval(False)
 
     threading.Thread(target=run, name=name, daemon=True).start()
     return future

@@ -6,6 +6,7 @@ Session-state keys are prefixed by owner: "chat.*" for the conversation, "<page>
 
 from __future__ import annotations
 
+import logging
 import os
 from dataclasses import dataclass
 
@@ -23,6 +24,7 @@ BUDGET = "chat.context_budget"
 SELECTED = "explain.selected"  # trace_id of the reply the explanation pages show
 TOGGLES = "explain.toggle."  # + message id: each reply's Explain toggle on the chat page
 
+log = logging.getLogger(__name__)
 _DEFAULT = SamplingSettings()
 # The chat page's sidebar widgets and their starting values. They are set through session
 # state (restore()) rather than the widgets' value= arguments, so they survive other pages.
@@ -93,9 +95,11 @@ def chat_model(full: bool = True) -> LoadedModel:
     configured = configured_model()
     if configured in _READY:
         lm = _chat_model(configured)
-        if full and not lm.model_loaded:
+        if full and lm.model_loaded:
+            _wait_for_layers(lm)
+        elif full:
             with st.spinner("Loading the model's layers for the explanations (a second or two)…"):
-                lm.model  # noqa: B018 - waits for the background load
+                _wait_for_layers(lm)
         return lm
     with st.status("Loading the language model (first visit only)…", expanded=True) as box:
         st.write(
@@ -113,6 +117,23 @@ def chat_model(full: bool = True) -> LoadedModel:
     return chat_model(full)
 
 
+def _wait_for_layers(lm: LoadedModel) -> None:
+    """Wait for the background load; if it failed, say so on the page and stop it (no traceback)."""
+    try:
+        lm.model  # noqa: B018 - waits for the background load, raises what it raised
+    except Exception as exc:  # noqa: BLE001 - shown to the user instead of a traceback
+        log.warning("background model load failed", exc_info=True)
+        st.error(
+            "The model's layers for the explanations could not be loaded, so this page cannot "
+            f"be shown. The chat and the conversation are not affected.\n\nReason: {exc}"
+        )
+        if st.button("Load the model again", icon="🔄"):
+            _chat_model.clear()  # the next run loads it afresh; the conversation stays in the session
+            _READY.clear()
+            st.rerun()
+        st.stop()
+
+
 def embedder():
     with st.spinner("Loading the sentence-embedding model (first use only)…"):
         try:
@@ -128,8 +149,13 @@ def messages() -> list[Message]:
     return st.session_state[MESSAGES]
 
 
+def _chat_setting(key: str, default: object) -> object:
+    """A chat sidebar value from any page: the widget's state, else the copy remember() kept."""
+    return st.session_state.get(key, st.session_state.get(KEPT + key, default))
+
+
 def system_prompt() -> str:
-    return st.session_state.get(SYSTEM_PROMPT, DEFAULT_SYSTEM_PROMPT)
+    return str(_chat_setting(SYSTEM_PROMPT, DEFAULT_SYSTEM_PROMPT))
 
 
 def settings() -> SamplingSettings:
@@ -137,7 +163,7 @@ def settings() -> SamplingSettings:
 
 
 def context_budget() -> int:
-    return int(st.session_state.get(BUDGET, DEFAULT_CONTEXT_BUDGET))
+    return int(_chat_setting(BUDGET, DEFAULT_CONTEXT_BUDGET))
 
 
 @dataclass

@@ -22,7 +22,7 @@ def _import() -> None:
     uploaded = st.session_state.get(UPLOAD)
     if uploaded is None:
         return
-    lm = common.chat_model()
+    lm = common.chat_model(full=False)  # only its name and vocabulary
     st.session_state[FRESH] = True
     try:
         loaded = load_conversation(uploaded.getvalue(), lm.name, lm.vocab_size)
@@ -45,7 +45,7 @@ def _import() -> None:
 
 def show() -> None:
     """Download button for the conversation, and an uploader that replaces it with a saved one."""
-    lm = common.chat_model()
+    lm = common.chat_model(full=False)  # only its name and vocabulary
     history = common.messages()
     st.download_button(
         "⬇ Conversation with traces (JSON)",

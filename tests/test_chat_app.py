@@ -96,3 +96,28 @@ def test_settings_prompt_and_toggles_survive_a_visit_to_another_page(lm):
     assert app.text_area(key="chat.system_prompt").value == "You are a pirate."
     assert app.session_state["chat.messages"][0].content == "You are a pirate."
     assert app.toggle(key=f"explain.toggle.{reply.id}").value
+
+
+def test_a_failed_background_load_is_a_message_on_explanation_pages_not_a_traceback(lm, monkeypatch):
+    from core import models
+    from pages import common
+
+    def broken(folder, lean):
+        raise OSError("disk went away")
+
+    monkeypatch.setattr(models, "_model_sharing", broken)
+    common._chat_model.clear()
+    common._READY.clear()
+    try:
+        app = AppTest.from_file(APP, default_timeout=180)
+        app.session_state["chat.max_new_tokens"] = 8
+        app.run()
+        app.chat_input[0].set_value("Hi").run()
+        assert not app.exception and app.session_state["chat.messages"][-1].trace  # the chat works
+        app.switch_page("pages/candidates.py").run()
+        assert not app.exception
+        assert any("could not be loaded" in e.value and "disk went away" in e.value for e in app.error)
+        assert any(b.label == "Load the model again" for b in app.button)
+    finally:
+        common._chat_model.clear()  # later tests load the model normally again
+        common._READY.clear()

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import shutil
+import sys
 import time
+import types
 from pathlib import Path
 
 import pytest
@@ -117,7 +119,10 @@ def test_fast_start_reads_the_decode_weights_from_the_file_and_shares_them_with_
 
     assert lm.lean is not None, "a Llama safetensors cache should start on the lean path"
     model = lm.model  # waits for the background load of the transformers model
-    reference = lean_from_weights(dict(model.state_dict()), model.config)
+    # The reference is a second, independent load through transformers alone (no lean path).
+    folder = models.default_cache_dir() / f"{BUNDLED_NAME}-safetensors"
+    _, independent = models._load_pretrained(folder, tokenizer=False)
+    reference = lean_from_weights(dict(independent.state_dict()), independent.config)
     for ours, ref in zip(lm.lean.layers, reference.layers, strict=True):
         for name in ("ln1", "qkv", "o", "ln2", "gate_up", "down"):
             assert torch.equal(getattr(ours, name), getattr(ref, name)), name
@@ -129,8 +134,56 @@ def test_fast_start_reads_the_decode_weights_from_the_file_and_shares_them_with_
     assert layer.self_attn.q_proj.weight.data_ptr() == lean.qkv.data_ptr()
     assert layer.mlp.down_proj.weight.data_ptr() == lean.down.data_ptr()
     assert model.lm_head.weight.data_ptr() == lm.lean.head.data_ptr()
-    assert lm.n_params == sum(p.numel() for p in model.parameters())
+    assert lm.n_params == sum(p.numel() for p in independent.parameters())
     assert lm.eos_ids == {lm.tokenizer.eos_token_id}
+    # and the model the explanations use computes what the independent load computes (up to
+    # float summation order: its weights are transposed views, so the matmuls run differently)
+    ids = torch.tensor([lm.tokenizer.encode("The capital of France is")])
+    with torch.no_grad():
+        ours, theirs = model(ids).logits, independent(ids).logits
+    assert torch.allclose(ours, theirs, atol=2e-4)
+    assert torch.allclose(ours.softmax(-1), theirs.softmax(-1), atol=1e-5)
+
+
+def test_a_fast_start_that_fails_falls_back_to_the_ordinary_load(cold_load, cold_cache, monkeypatch):
+    def broken(folder):
+        raise KeyError("model.layers.0.self_attn.q_proj.weight")
+
+    monkeypatch.setattr(models, "_fast_llama", broken)
+    lm = load_chat_model(configured=str(_folder(cold_cache)))
+    assert lm.source.startswith("configured local folder")  # not given up on, not rebuilt
+    assert lm.model_loaded and lm.lean is None  # generation builds the lean path from the model
+
+
+def test_untied_output_weights_are_copied_out_of_the_file(lm):
+    from core.kvcache import lean_from_weights
+
+    state = {k: v.clone() for k, v in lm.model.state_dict().items()}
+    state["lm_head.weight"] = state["model.embed_tokens.weight"].clone() * 2
+    config = types.SimpleNamespace(**{**vars(lm.config), "tie_word_embeddings": False})
+    lean = lean_from_weights(state, config)
+    assert lean.embed.data_ptr() != state["model.embed_tokens.weight"].data_ptr()
+    assert torch.equal(lean.embed, state["model.embed_tokens.weight"])
+    assert torch.equal(lean.head, state["lm_head.weight"].t())
+
+
+def test_rope_scaling_in_the_old_key_spelling_is_not_taken_for_default():
+    from core.kvcache import supports_config
+
+    plain = {"model_type": "llama", "hidden_act": "silu"}
+    assert supports_config(types.SimpleNamespace(**plain))
+    assert not supports_config(types.SimpleNamespace(**plain, rope_scaling={"type": "linear", "factor": 2}))
+    assert not supports_config(types.SimpleNamespace(**plain, rope_scaling={"rope_type": "llama3"}))
+
+
+def test_overlapping_background_loads_restore_the_switch_interval_once_both_end():
+    before = sys.getswitchinterval()
+    models._short_switch_interval(True)
+    models._short_switch_interval(True)
+    models._short_switch_interval(False)
+    assert sys.getswitchinterval() < before  # the second load still runs
+    models._short_switch_interval(False)
+    assert sys.getswitchinterval() == before
 
 
 def test_a_failing_background_load_surfaces_when_the_model_is_asked_for(cold_load, cold_cache, monkeypatch):

@@ -87,7 +87,9 @@ def test_explain_hover_candidates_branch_and_lens(page):
     assert "step=" in page.url and "reply=" in page.url
     assert page.get_by_role("heading", name="Next-word candidates").count() == 1
     slider = page.locator('[data-testid="stSlider"]').first
-    expect(slider.locator('[data-testid="stSliderThumbValue"]')).to_have_text(str(step_no - 1), timeout=60_000)
+    expect(slider.locator('[data-testid="stSliderThumbValue"]')).to_have_text(
+        str(step_no - 1), timeout=60_000
+    )
     assert_no_exception(page)
     screenshot(page, "candidates-step")
 
