@@ -21,6 +21,7 @@ from dataclasses import dataclass
 import torch
 from transformers import DynamicCache
 
+from core import cpuload
 from core.kvcache import LeanModel, SessionKV, lean_model, supports
 from core.models import LoadedModel
 from core.sampling import sampling_probs
@@ -186,6 +187,7 @@ def warm_up(lm: LoadedModel) -> bool:
     Call it right after loading the model (with the fast start it is built already and this
     returns at once). Returns False for models the lean path does not cover.
     """
+    cpuload.spare_cores()  # starts sampling the machine's load, so the first prefill has it
     with _BUILD_LOCK:
         if lm.lean is None:
             lm.lean = lean_model(lm.model)
@@ -207,16 +209,21 @@ def _lean(lm: LoadedModel) -> LeanModel | None:
 
 
 def _prefill_threads(threads: int) -> int:
-    """All threads for the prompt (a real GEMM), unless the cores are already busy.
+    """All threads for the prompt (a real GEMM), unless other processes hold the cores.
 
     subtle: OpenMP threads wait for each other at every op; when another process holds a
-    core, a 2-thread prefill on 2 cores runs 2-3x slower than a 1-thread one.
+    core, a 2-thread prefill on 2 cores runs 2-3x slower than a 1-thread one. The load
+    average cannot tell: it counts this process's own decoding too (a 300-token prefill took
+    0.74 s on 1 thread instead of 0.44 s on 2 because of it), so core.cpuload measures what
+    the *other* processes use; the load average is only the fallback for its first second.
     """
-    try:
-        busy = os.getloadavg()[0]
-    except OSError:
-        return threads
-    return threads if busy < (os.cpu_count() or 1) - 0.5 else 1
+    spare = cpuload.spare_cores()
+    if spare is None:
+        try:
+            spare = (os.cpu_count() or 1) - os.getloadavg()[0]
+        except OSError:
+            return threads
+    return threads if spare >= threads - 0.5 else 1
 
 
 def _lean_step(lean: LeanModel, kv: SessionKV) -> Callable[[int], torch.Tensor]:
