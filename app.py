@@ -4,6 +4,9 @@ from pathlib import Path
 
 import streamlit as st
 
+from core.memory import release_freed_memory
+
+release_freed_memory()  # long chats: freed explanation tensors go back to the OS (core/memory.py)
 st.set_page_config(page_title="Glassbox Chat", page_icon="🔍", layout="wide")
 
 HERE = Path(__file__).parent

@@ -30,6 +30,7 @@ from core.explain.lens import lens_table
 from core.explain.summary import hardest_step, summarize
 from core.export import conversation_json, explanation_json
 from core.generation import generate, new_trace
+from core.memory import release_freed_memory
 from core.models import load_chat_model, load_embedder
 from core.settings import DEFAULT_CONTEXT_BUDGET, DEFAULT_SYSTEM_PROMPT, SamplingSettings
 
@@ -92,9 +93,11 @@ def main() -> int:
     args = parser.parse_args()
     warnings.filterwarnings("ignore", category=FutureWarning)  # transformers' cache-argument rename
 
+    release_freed_memory()  # as app.py does
     start_rss = rss_mb()
     lm = load_chat_model()
     embedder = load_embedder()
+    lm.model  # noqa: B018 - the background load of the explanation model, as the pages wait for it
     gc.collect()
     baseline = rss_mb()
     print(f"RSS at start {start_rss:.0f} MB; after loading both models {baseline:.0f} MB")
