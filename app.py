@@ -4,9 +4,11 @@ from pathlib import Path
 
 import streamlit as st
 
+from core.cpuload import fit_torch_threads
 from core.memory import release_freed_memory
 
 release_freed_memory()  # long chats: freed explanation tensors go back to the OS (core/memory.py)
+fit_torch_threads()  # a container's CPU quota, not the host's core count
 st.set_page_config(page_title="Glassbox Chat", page_icon="🔍", layout="wide")
 
 HERE = Path(__file__).parent

@@ -214,9 +214,12 @@ def _prefill_threads(threads: int) -> int:
     subtle: OpenMP threads wait for each other at every op; when another process holds a
     core, a 2-thread prefill on 2 cores runs 2-3x slower than a 1-thread one. The load
     average cannot tell: it counts this process's own decoding too (a 300-token prefill took
-    0.74 s on 1 thread instead of 0.44 s on 2 because of it), so core.cpuload measures what
+    0.74 s on 1 thread instead of 0.41 s on 2 because of it), so core.cpuload measures what
     the *other* processes use; the load average is only the fallback for its first second.
+    In a container with a CPU quota neither says anything about our cores: use them all.
     """
+    if not cpuload.whole_machine():
+        return threads
     spare = cpuload.spare_cores()
     if spare is None:
         try:

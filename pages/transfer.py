@@ -33,7 +33,10 @@ def _import() -> None:
         loaded.insert(0, Message("system", common.system_prompt()))
     history = common.messages()
     history[:] = loaded  # in place: pages hold references to this list
+    # both the widget's state and the kept copy: on another page Streamlit drops the former,
+    # and restore() would then bring back the old prompt over the imported one
     st.session_state[common.SYSTEM_PROMPT] = loaded[0].content
+    st.session_state[common.KEPT + common.SYSTEM_PROMPT] = loaded[0].content
     for key in ("chat.pending", "chat.previous_take", common.SELECTED):
         st.session_state.pop(key, None)
     replies = sum(1 for m in loaded if m.role == "assistant")

@@ -106,6 +106,7 @@ def test_a_failed_background_load_is_a_message_on_explanation_pages_not_a_traceb
         raise OSError("disk went away")
 
     monkeypatch.setattr(models, "_model_sharing", broken)
+    monkeypatch.setattr(models, "_forget_cache_on_failure", lambda done, folder: None)  # keep the user cache
     common._chat_model.clear()
     common._READY.clear()
     try:
@@ -121,3 +122,25 @@ def test_a_failed_background_load_is_a_message_on_explanation_pages_not_a_traceb
     finally:
         common._chat_model.clear()  # later tests load the model normally again
         common._READY.clear()
+
+
+def test_a_conversation_imported_on_another_page_keeps_its_system_prompt(lm):
+    import dataclasses
+
+    from core.export import conversation_json
+
+    app = AppTest.from_file(APP, default_timeout=180)
+    app.session_state["chat.max_new_tokens"] = 8
+    app.run()
+    app.chat_input[0].set_value("Hello!").run()
+    history = app.session_state["chat.messages"]
+    saved = [dataclasses.replace(history[0], content="You are a pirate."), *history[1:]]
+    data = conversation_json(saved, lm.name).encode()
+
+    app.switch_page("pages/candidates.py").run()
+    app.file_uploader(key="transfer.upload").set_value(("chat.json", data, "application/json")).run()
+    assert not app.exception
+    app.switch_page("pages/chat.py").run()
+    assert not app.exception
+    assert app.text_area(key="chat.system_prompt").value == "You are a pirate."
+    assert app.session_state["chat.messages"][0].content == "You are a pirate."

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 import sys
 import time
@@ -91,6 +92,17 @@ def test_a_reinstalled_model_file_keeps_its_cache_and_another_file_makes_it_stal
         f.write(b"0123456789")
     assert models._cache_state(folder, reinstalled) == "stale"
     assert models._cache_state(tmp_path / "nothing", reinstalled) == "missing"
+
+
+def test_cache_markers_of_an_older_format_or_not_an_object_are_not_trusted(cold_load, cold_cache, tmp_path):
+    gguf = models.bundled_gguf_path()
+    shutil.copytree(_folder(cold_cache), _folder(tmp_path))
+    marker = _folder(tmp_path) / models.CACHE_MARKER
+    meta = json.loads(marker.read_text())
+    marker.write_text(json.dumps({**meta, "version": 1}))
+    assert models._cache_state(_folder(tmp_path), gguf) == "old format"
+    marker.write_text("[]")
+    assert models._cache_state(_folder(tmp_path), gguf) == "corrupt"
 
 
 def test_interrupted_conversion_leaves_no_cache_that_loads_pick_up(tmp_path, monkeypatch):
@@ -193,12 +205,18 @@ def test_rope_scaling_in_the_old_key_spelling_is_not_taken_for_default():
 
 
 def test_overlapping_background_loads_restore_the_switch_interval_once_both_end():
+    deadline = time.monotonic() + 60  # background loads of earlier tests may still be running
+    while models._SWITCH_USERS and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert models._SWITCH_USERS == 0, "a background load is still running"
     before = sys.getswitchinterval()
     models._short_switch_interval(True)
-    models._short_switch_interval(True)
-    models._short_switch_interval(False)
-    assert sys.getswitchinterval() < before  # the second load still runs
-    models._short_switch_interval(False)
+    try:
+        models._short_switch_interval(True)
+        models._short_switch_interval(False)
+        assert sys.getswitchinterval() < before  # the second load still runs
+    finally:
+        models._short_switch_interval(False)
     assert sys.getswitchinterval() == before
 
 
@@ -207,7 +225,16 @@ def test_a_failing_background_load_surfaces_when_the_model_is_asked_for(cold_loa
         raise OSError("disk went away")
 
     monkeypatch.setattr(models, "_model_sharing", broken)
-    lm = load_chat_model(configured="", cache_dir=cold_cache)
-    assert lm.lean is not None  # the chat still works
-    with pytest.raises(OSError, match="disk went away"):
-        lm.model  # noqa: B018 - the property waits for the load and raises its error
+    marker = _folder(cold_cache) / models.CACHE_MARKER
+    kept = marker.read_text()
+    try:
+        lm = load_chat_model(configured="", cache_dir=cold_cache)
+        assert lm.lean is not None  # the chat still works
+        with pytest.raises(OSError, match="disk went away"):
+            lm.model  # noqa: B018 - the property waits for the load and raises its error
+        deadline = time.monotonic() + 10  # the done-callback runs just after the Future fails
+        while marker.exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not marker.exists(), "a cache whose model failed to load must be rebuilt next time"
+    finally:
+        marker.write_text(kept)
