@@ -5,9 +5,8 @@ from pathlib import Path
 import streamlit as st
 
 from core.cpuload import fit_torch_threads
-from core.memory import release_freed_memory
+from core.memory import give_back_freed_memory
 
-release_freed_memory()  # long chats: freed explanation tensors go back to the OS (core/memory.py)
 fit_torch_threads()  # a container's CPU quota, not the host's core count
 st.set_page_config(page_title="Glassbox Chat", page_icon="🔍", layout="wide")
 
@@ -28,4 +27,7 @@ pages = [
     for i, (path, title, icon) in enumerate(PAGES)
     if (HERE / path).is_file()
 ]
-st.navigation(pages).run()
+try:
+    st.navigation(pages).run()
+finally:  # also when the page stops or reruns early
+    give_back_freed_memory()  # long chats: freed explanation tensors go back to the OS (core/memory.py)

@@ -32,7 +32,6 @@ from core.conversation import Message, build_prompt, encode_messages
 from core.cpuload import fit_torch_threads
 from core.generation import generate, new_trace, stream, warm_up
 from core.kvcache import SessionKV
-from core.memory import release_freed_memory
 from core.models import (
     BUNDLED_NAME,
     ENV_MODEL,
@@ -309,10 +308,9 @@ LOAD_SCRIPT = """
 import json, os, sys, time
 t0 = time.perf_counter()
 from core.cpuload import fit_torch_threads
-from core.memory import release_freed_memory
 from core.models import load_chat_model
 from core.generation import warm_up
-release_freed_memory(); fit_torch_threads()  # as app.py does
+fit_torch_threads()  # as app.py does
 t1 = time.perf_counter()
 lm = load_chat_model()
 warm_up(lm)  # a no-op after the fast start, which builds the decode weights while loading
@@ -389,8 +387,7 @@ def main() -> int:
     parser.add_argument("--skip-cold", action="store_true", help="skip the ~20 s cold-cache conversion")
     args = parser.parse_args()
     started = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
-    release_freed_memory()  # the process set-up app.py does
-    fit_torch_threads()
+    fit_torch_threads()  # the process set-up app.py does
     # the baseline is the bundled model's cache, so the app's model must be the same one
     os.environ.pop(ENV_MODEL, None)
     lm = load_chat_model()

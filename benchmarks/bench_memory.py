@@ -30,7 +30,7 @@ from core.explain.lens import lens_table
 from core.explain.summary import hardest_step, summarize
 from core.export import conversation_json, explanation_json
 from core.generation import generate, new_trace
-from core.memory import release_freed_memory
+from core.memory import give_back_freed_memory
 from core.models import load_chat_model, load_embedder
 from core.settings import DEFAULT_CONTEXT_BUDGET, DEFAULT_SYSTEM_PROMPT, SamplingSettings
 
@@ -93,7 +93,6 @@ def main() -> int:
     args = parser.parse_args()
     warnings.filterwarnings("ignore", category=FutureWarning)  # transformers' cache-argument rename
 
-    release_freed_memory()  # as app.py does
     start_rss = rss_mb()
     lm = load_chat_model()
     embedder = load_embedder()
@@ -119,6 +118,7 @@ def main() -> int:
         reply = Message("assistant", trace.text, trace=trace)
         history.append(reply)
         explain_everything(lm, embedder, history, reply, caches)
+        give_back_freed_memory()  # as app.py does after each page run
         now = rss_mb()
         peak = max(peak, now)
         print(
