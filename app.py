@@ -4,10 +4,8 @@ from pathlib import Path
 
 import streamlit as st
 
-from core.cpuload import fit_torch_threads
 from core.memory import give_back_freed_memory
 
-fit_torch_threads()  # a container's CPU quota, not the host's core count
 st.set_page_config(page_title="Glassbox Chat", page_icon="🔍", layout="wide")
 
 HERE = Path(__file__).parent

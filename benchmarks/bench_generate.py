@@ -35,8 +35,8 @@ from core.kvcache import SessionKV
 from core.models import (
     BUNDLED_NAME,
     ENV_MODEL,
-    TRANSFORMERS_LOAD,
     LoadedModel,
+    _load_pretrained,
     default_cache_dir,
     load_chat_model,
 )
@@ -117,12 +117,7 @@ def out_of_the_box_model():
     (transposed, contiguous for x @ W), which makes even plain generate about 15% faster
     (27.9 vs 24 tok/s) and would flatter the baseline.
     """
-    from transformers import AutoModelForCausalLM
-
-    folder = default_cache_dir() / f"{BUNDLED_NAME}-safetensors"
-    with TRANSFORMERS_LOAD:
-        model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32, attn_implementation="sdpa")
-    return model.eval().requires_grad_(False)
+    return _load_pretrained(default_cache_dir() / f"{BUNDLED_NAME}-safetensors", tokenizer=False)[1]
 
 
 def weight_read_floor(lm: LoadedModel, repeats: int = 30) -> float:
@@ -310,7 +305,7 @@ t0 = time.perf_counter()
 from core.cpuload import fit_torch_threads
 from core.models import load_chat_model
 from core.generation import warm_up
-fit_torch_threads()  # as app.py does
+fit_torch_threads()  # as the app does
 t1 = time.perf_counter()
 lm = load_chat_model()
 warm_up(lm)  # a no-op after the fast start, which builds the decode weights while loading
@@ -387,7 +382,7 @@ def main() -> int:
     parser.add_argument("--skip-cold", action="store_true", help="skip the ~20 s cold-cache conversion")
     args = parser.parse_args()
     started = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
-    fit_torch_threads()  # the process set-up app.py does
+    fit_torch_threads()  # the process set-up the app does
     # the baseline is the bundled model's cache, so the app's model must be the same one
     os.environ.pop(ENV_MODEL, None)
     lm = load_chat_model()

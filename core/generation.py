@@ -218,10 +218,10 @@ def _prefill_threads(threads: int) -> int:
     the *other* processes use; the load average is only the fallback for its first second.
     In a container with a CPU quota neither says anything about our cores: use them all.
     """
-    if not cpuload.whole_machine():
-        return threads
     spare = cpuload.spare_cores()
     if spare is None:
+        if not cpuload.whole_machine():
+            return threads
         try:
             spare = (os.cpu_count() or 1) - os.getloadavg()[0]
         except OSError:

@@ -317,7 +317,7 @@ def _gguf_fingerprint(gguf: Path) -> dict[str, Any]:
 
 
 def _cache_state(folder: Path, gguf: Path) -> str:
-    """ "valid", "missing", "stale" (made from another GGUF or an older format) or "corrupt"."""
+    """One of "valid", "missing", "corrupt", "old format" (an earlier app) or "stale" (another GGUF)."""
     marker = folder / CACHE_MARKER
     if not folder.exists():
         return "missing"
@@ -374,6 +374,13 @@ def convert_gguf(gguf: Path, target: Path, progress: Progress | None = None) -> 
         shutil.rmtree(tmp, ignore_errors=True)
 
 
+_REBUILD_NOTES = {  # why a cache in this state is converted again, as the sidebar says it
+    "corrupt": " The old cache was incomplete or corrupt and was rebuilt.",
+    "stale": " The old cache was made from another version of the model file and was rebuilt.",
+    "old format": " The old cache was written by an earlier version of this app and was rebuilt.",
+}
+
+
 def load_bundled(cache_dir: Path | None = None, progress: Progress | None = None) -> tuple[_Parts, str]:
     gguf = bundled_gguf_path()
     if gguf is None:
@@ -382,12 +389,7 @@ def load_bundled(cache_dir: Path | None = None, progress: Progress | None = None
     note = ""
     state = _cache_state(folder, gguf)
     if state != "valid":
-        if state == "corrupt":
-            note = " The old cache was incomplete or corrupt and was rebuilt."
-        elif state == "stale":
-            note = " The old cache was made from another version of the model file and was rebuilt."
-        elif state == "old format":
-            note = " The old cache was written by an earlier version of this app and was rebuilt."
+        note = _REBUILD_NOTES.get(state, "")
         if note and progress:
             progress(f"{note.strip().removesuffix(' and was rebuilt.')}; rebuilding it…")
         convert_gguf(gguf, folder, progress)

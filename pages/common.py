@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import streamlit as st
 
 from core.conversation import Message
+from core.cpuload import fit_torch_threads
 from core.generation import warm_up
 from core.models import ENV_MODEL, LoadedModel, ModelUnavailable, load_chat_model, load_embedder
 from core.settings import DEFAULT_CONTEXT_BUDGET, DEFAULT_SYSTEM_PROMPT, SamplingSettings
@@ -75,6 +76,7 @@ _READY: set[str | None] = set()  # configured sources already loaded in this pro
 
 @st.cache_resource(show_spinner=False)
 def _chat_model(configured: str | None) -> LoadedModel:
+    fit_torch_threads()  # once per process: a container's CPU quota, not the host's core count
     lm = load_chat_model(configured)
     warm_up(lm)  # the fast decode path (already built when the model came from a local folder)
     return lm
