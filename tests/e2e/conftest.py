@@ -244,10 +244,22 @@ def chat_texts(page) -> list[str]:
 
 
 def start_send(page, text: str) -> None:
-    """Type a message and press Enter without waiting for the reply."""
+    """Type a message and press Enter without waiting for the reply.
+
+    subtle: a rerun that redraws the chat input just as Enter is pressed can swallow the
+    submit (the text stays in the box and no reply ever starts). Streamlit empties the box
+    on a submit, so that is waited for, and the message is sent again if it did not go.
+    """
     box = page.locator('[data-testid="stChatInput"] textarea')
-    box.fill(text)
-    box.press("Enter")
+    for _ in range(3):
+        box.fill(text)
+        box.press("Enter")
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            if box.input_value() == "":
+                return
+            page.wait_for_timeout(100)
+    raise AssertionError(f"the chat input did not take the message {text[:40]!r}")
 
 
 def go_to(page, title: str) -> None:
