@@ -141,6 +141,18 @@ def readable(tokenizer: Any, token_id: int) -> str:
     return shown or "<empty>"
 
 
+_SUBSCRIPT = str.maketrans("0123456789", "₀₁₂₃₄₅₆₇₈₉")
+
+
+def step_label(tokenizer: Any, token_id: int, step: int) -> str:
+    """A reply token tagged with its step number, "·flew₆": unique even when a token repeats.
+
+    Streamlit's option widgets identify a choice by its label (the last of equal labels wins),
+    so a list of plain token labels would jump to the wrong "·the" when one is clicked.
+    """
+    return f"{readable(tokenizer, token_id)}{str(step).translate(_SUBSCRIPT)}"
+
+
 class IncrementalDecoder:
     """Turn a stream of token ids into a stream of text, never emitting half a character.
 

@@ -18,7 +18,7 @@ from core.explain.lens import first_layer_with_answer, lens_table
 from core.explain.summary import percent
 from core.html import chips, probability_legend
 from core.settings import SamplingSettings
-from core.tokens import readable
+from core.tokens import readable, step_label
 from core.trace import Trace
 from pages import common, transfer
 
@@ -52,12 +52,12 @@ def choose_step(trace: Trace) -> int:
     st.session_state[APPLIED] = (trace.trace_id, str(step))
     st.query_params["step"] = str(step)
     st.query_params["reply"] = trace.trace_id
-    with st.expander("Click a token to jump to its step"):
+    with st.expander("Click a token to jump to its step (the small number is the step)"):
         st.session_state[PICK] = step
         st.pills(
             "Tokens",
             range(n),
-            format_func=lambda i: readable(tok, trace.steps[i].token_id),
+            format_func=lambda i: step_label(tok, trace.steps[i].token_id, i),
             key=PICK,
             on_change=_picked,
             label_visibility="collapsed",

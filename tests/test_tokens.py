@@ -12,6 +12,7 @@ from core.tokens import (
     readable,
     special_ids,
     split_utf8,
+    step_label,
     token_bytes,
 )
 from tests.hostile_text import HOSTILE
@@ -81,3 +82,12 @@ def test_special_ids_include_added_special_tokens(tok):
     assert repo not in tok.all_special_ids  # the reason special_ids exists
     assert repo in special_ids(tok) and is_special(tok, repo)
     assert not is_special(tok, encode_text(tok, "Hello")[0])
+
+
+def test_step_labels_are_unique_when_a_token_repeats(tok):
+    ids = tok(" the cat and the dog and the end", add_special_tokens=False)["input_ids"]
+    labels = [step_label(tok, t, i) for i, t in enumerate(ids)]
+    assert len({readable(tok, t) for t in ids}) < len(ids)  # " the" and " and" repeat
+    assert len(set(labels)) == len(labels)
+    assert labels[0] == "·the₀" and labels[3] == "·the₃"
+    assert step_label(tok, ids[1], 1234).endswith("₁₂₃₄")

@@ -192,15 +192,29 @@ def new_session(browser, url: str, path: str = "", timeout: float = 120_000):
     return context, pg
 
 
-def open_transfer(page):
-    """Open the chat sidebar's "Save or load the conversation" expander; returns the expander."""
-    box = page.locator('[data-testid="stSidebar"] [data-testid="stExpander"]').filter(
-        has_text="Save or load the conversation"
-    )
+def open_expander(page, box):
+    """Open an expander and wait until it has stopped growing: a click on its content while
+    it still animates open lands where an element was a moment ago, and is lost."""
     if box.locator("details[open]").count() == 0:
         box.locator("summary").click()
-        page.wait_for_timeout(200)
+    last = None
+    for _ in range(100):
+        size = box.bounding_box()
+        if size is not None and size == last:
+            break
+        last = size
+        page.wait_for_timeout(100)
     return box
+
+
+def open_transfer(page):
+    """Open the chat sidebar's "Save or load the conversation" expander; returns the expander."""
+    return open_expander(
+        page,
+        page.locator('[data-testid="stSidebar"] [data-testid="stExpander"]').filter(
+            has_text="Save or load the conversation"
+        ),
+    )
 
 
 def flag_value(page):

@@ -13,7 +13,7 @@ from core.conversation import Message, build_prompt
 from core.export import conversation_json
 from core.generation import generate, new_trace
 from core.settings import SamplingSettings
-from tests.e2e.conftest import SHOTS, assert_no_exception, screenshot, send_chat, wait_idle
+from tests.e2e.conftest import SHOTS, assert_no_exception, open_expander, screenshot, send_chat, wait_idle
 
 HOSTILE = (
     "<script>window.__pwned=1</script> and "
@@ -164,14 +164,19 @@ def test_timing_for_a_long_reply(page, lm, tmp_path, n_tokens):
     assert page.get_by_role("heading", name="Next-word candidates").count() == 1
     assert_no_exception(page)
     # the last step, where the lens reads the whole 200-token context: click its token
-    page.get_by_text("Click a token to jump to its step").click()
-    pills = page.locator('[data-testid="stExpander"]', has_text="Click a token").locator("button")
+    box = open_expander(page, page.locator('[data-testid="stExpander"]', has_text="Click a token"))
+    pills = box.locator("button")
     pills.last.wait_for()
     assert pills.count() == n_tokens
+    thumb = page.locator('[data-testid="stSlider"]').first.locator('[data-testid="stSliderThumbValue"]')
+    # "·flew" at step 6 comes back every sentence: the click must land on this one, not the last
+    assert lm.tokenizer.decode(ids[6]) == " flew" and ids.count(ids[6]) > 1
+    pills.nth(6).click()
+    expect(thumb).to_have_text("6", timeout=60_000)
+    wait_idle(page)
     pills.last.click()
     page.wait_for_timeout(300)
     wait_idle(page)
-    thumb = page.locator('[data-testid="stSlider"]').first.locator('[data-testid="stSliderThumbValue"]')
     expect(thumb).to_have_text(str(n_tokens - 1), timeout=60_000)
     start = time.perf_counter()
     page.get_by_text("Compute the logit lens at this step").click()
