@@ -145,12 +145,13 @@ _SUBSCRIPT = str.maketrans("0123456789", "₀₁₂₃₄₅₆₇₈₉")
 
 
 def step_label(tokenizer: Any, token_id: int, step: int) -> str:
-    """A reply token tagged with its step number, "·flew₆": unique even when a token repeats.
+    """A reply token tagged with its step number, "·flew₇" for step index 6: unique even when a
+    token repeats. Numbered from 1, as every page shows a step to the reader.
 
     Streamlit's option widgets identify a choice by its label (the last of equal labels wins),
     so a list of plain token labels would jump to the wrong "·the" when one is clicked.
     """
-    return f"{readable(tokenizer, token_id)}{str(step).translate(_SUBSCRIPT)}"
+    return f"{readable(tokenizer, token_id)}{str(step + 1).translate(_SUBSCRIPT)}"
 
 
 class IncrementalDecoder:

@@ -61,8 +61,9 @@ def head_picker() -> tuple[int, int, str]:
     st.session_state.setdefault(HEAD, 0)
     st.session_state.setdefault(VIEW, VIEWS[0])
     a, b = st.columns(2)
-    layer = a.selectbox("Layer", range(lm.n_layers), key=LAYER)
-    head = b.selectbox("Head", range(lm.n_heads), key=HEAD)
+    # numbered from 1 on the page, as the other pages number layers ("after layer 1")
+    layer = a.selectbox("Layer", range(lm.n_layers), format_func=lambda i: str(i + 1), key=LAYER)
+    head = b.selectbox("Head", range(lm.n_heads), format_func=lambda i: str(i + 1), key=HEAD)
     view = st.segmented_control("View", VIEWS, key=VIEW, required=True)
     return int(layer), int(head), view or VIEWS[0]
 
@@ -96,7 +97,7 @@ def whole_layer(ov: att.AttentionOverview, trace, layer: int):
         return att.layer_weights(lm, trace, layer)
     try:
         with st.spinner(
-            f"Running the model over all {ov.n_tokens:,} tokens up to layer {layer}, for every row…"
+            f"Running the model over all {ov.n_tokens:,} tokens up to layer {layer + 1}, for every row…"
         ):
             return att.layer_weights(lm, trace, layer)
     except (ValueError, RuntimeError) as exc:
@@ -122,7 +123,7 @@ def head_view(ov: att.AttentionOverview, trace, reply_w, layer: int, head: int) 
     rows = range(first + shown.start, first + shown.stop)
     # (rows from `first`, T): the reply's rows are at hand; the whole sequence needs every row
     w = reply_w[head] if first == P else whole_layer(ov, trace, layer)[head]
-    title = f"Layer {layer}, head {head}"
+    title = f"Layer {layer + 1}, head {head + 1}"
     if cols_kind == "Tokens":
         cols = window(rows.stop, MAX_COLS, f"Key columns (a window of {MAX_COLS})", "attention.col_window")
         if len(cols) < rows.stop:
@@ -143,11 +144,11 @@ def per_token_view(ov: att.AttentionOverview, reply_w, layer: int, head: int) ->
     key = f"attention.step.{ov.trace_id}"  # per reply: another reply may be shorter
     st.session_state.setdefault(key, default)
     step = st.select_slider(
-        "Reply token", options=range(R), format_func=lambda s: f"{s}: {ov.labels[P + s]}", key=key
+        "Reply token", options=range(R), format_func=lambda s: f"{s + 1}: {ov.labels[P + s]}", key=key
     )
     modes = {
-        "head": f"Head {head} of layer {layer}",
-        "layer": f"Mean of layer {layer}'s heads",
+        "head": f"Head {head + 1} of layer {layer + 1}",
+        "layer": f"Mean of layer {layer + 1}'s heads",
         "all": "Mean over all layers and heads",
     }
     mode = st.radio(
@@ -181,8 +182,8 @@ def per_token_view(ov: att.AttentionOverview, reply_w, layer: int, head: int) ->
 def turn_view(ov: att.AttentionOverview, layer: int, head: int) -> None:
     scopes = {
         "all": "Mean over all layers and heads",
-        "layer": f"Mean of layer {layer}'s heads",
-        "head": f"Head {head} of layer {layer}",
+        "layer": f"Mean of layer {layer + 1}'s heads",
+        "head": f"Head {head + 1} of layer {layer + 1}",
     }
     scope = st.radio(
         "Whose attention", list(scopes), format_func=scopes.get, horizontal=True, key="attention.scope"
@@ -202,7 +203,7 @@ def head_summary(ov: att.AttentionOverview) -> None:
     )
     pct = st.column_config.NumberColumn
     st.dataframe(
-        stats,
+        stats.assign(layer=stats["layer"] + 1, head=stats["head"] + 1),  # numbered from 1, as on the page
         hide_index=True,
         column_config={
             "entropy_bits": pct("entropy (bits)", format="%.2f", help="Low: focused on few tokens"),

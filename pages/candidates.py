@@ -47,7 +47,13 @@ def choose_step(trace: Trace) -> int:
         st.session_state[STEP] = int(wanted)
     st.session_state[STEP] = min(max(int(st.session_state.get(STEP, 0)), 0), n - 1)
     if n > 1:
-        st.slider("Step", 0, n - 1, key=STEP, help="Which token of the reply to look at (0 = the first).")
+        st.select_slider(
+            "Step",
+            range(n),
+            format_func=lambda i: str(i + 1),
+            key=STEP,
+            help="Which token of the reply to look at (1 = the first).",
+        )
     step = int(st.session_state[STEP])
     st.session_state[APPLIED] = (trace.trace_id, str(step))
     st.query_params["step"] = str(step)

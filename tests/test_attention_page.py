@@ -61,7 +61,8 @@ def test_model_view_shows_every_head_with_a_click_selection(lm, chatted):
     assert data.groupby(["layer", "head"]).ngroups == lm.n_layers * lm.n_heads
     assert len(data) <= 10_000
     assert any(p.get("name") == HEAD_SELECTION for p in spec.get("params", []))
-    assert {t["field"] for t in spec["encoding"]["tooltip"]} >= {"layer", "head", "share"}
+    assert {t["field"] for t in spec["encoding"]["tooltip"]} >= {"layer_no", "head_no", "share"}
+    assert (data["layer_no"] == data["layer"] + 1).all()  # shown from 1; the selection keeps the index
 
 
 def test_a_click_on_the_model_view_opens_that_head(chatted):
@@ -83,7 +84,7 @@ def test_head_view_is_a_heatmap_of_the_reply_rows_with_exact_weights(chatted):
     trace = reply_trace(at)
     T, P = len(trace.full_ids), len(trace.prompt_ids)
     (spec, data), *_ = charts(at)
-    assert spec["title"] == "Layer 3, head 5"
+    assert spec["title"] == "Layer 4, head 6"  # indices 3 and 5, numbered from 1 on the page
     assert spec["mark"]["type"] == "rect"
     assert sorted(data["query"].unique()) == list(range(P, T))  # reply rows only
     assert data["key"].max() == T - 1

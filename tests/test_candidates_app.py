@@ -43,7 +43,7 @@ def test_explain_then_candidates_then_branch(app):
     app.query_params["step"] = "2"
     app.run()
     assert not app.exception
-    assert app.slider(key="candidates.step").value == 2
+    assert app.select_slider(key="candidates.step").value == 2  # ?step= is the 0-based index
     metrics = {m.label: m.value for m in app.metric}
     assert metrics["Rank"] == "1" and metrics["Probability"].endswith("%")
     assert len(app.get("vega_lite_chart")) >= 3

@@ -28,17 +28,21 @@ def model_view(frame: pd.DataFrame, chosen: tuple[int, int] | None = None, cell:
     subtle: 270 faceted sub-charts are slow to lay out in the browser, so the thumbnails are
     drawn as one grid with a one-cell gap between heads; x = head * (k + 1) + k_block.
     Colour is `relative` (each head scaled to its own largest share) so that every head's
-    pattern is visible; the tooltip gives the exact share.
+    pattern is visible; the tooltip gives the exact share. Labels number layers and heads from 1;
+    the selection carries the 0-based indices.
     """
     k = int(frame["k_block"].max()) + 1
     n_layers, n_heads = int(frame["layer"].max()) + 1, int(frame["head"].max()) + 1
     data = frame.assign(
-        x=frame["head"] * (k + 1) + frame["k_block"], y=frame["layer"] * (k + 1) + frame["q_block"]
+        x=frame["head"] * (k + 1) + frame["k_block"],
+        y=frame["layer"] * (k + 1) + frame["q_block"],
+        layer_no=frame["layer"] + 1,
+        head_no=frame["head"] + 1,
     )
     pick = alt.selection_point(name=HEAD_SELECTION, fields=["layer", "head"], on="click", clear=False)
     x_axis = alt.Axis(
         values=[h * (k + 1) + k // 2 for h in range(n_heads)],
-        labelExpr=f"'head ' + floor(datum.value / {k + 1})",
+        labelExpr=f"'head ' + (floor(datum.value / {k + 1}) + 1)",
         ticks=False,
         domain=False,
         grid=False,
@@ -46,7 +50,7 @@ def model_view(frame: pd.DataFrame, chosen: tuple[int, int] | None = None, cell:
     )
     y_axis = alt.Axis(
         values=[layer * (k + 1) + k // 2 for layer in range(n_layers)],
-        labelExpr=f"'layer ' + floor(datum.value / {k + 1})",
+        labelExpr=f"'layer ' + (floor(datum.value / {k + 1}) + 1)",
         ticks=False,
         domain=False,
         grid=False,
@@ -71,8 +75,8 @@ def model_view(frame: pd.DataFrame, chosen: tuple[int, int] | None = None, cell:
             stroke=stroke,
             opacity=alt.condition(pick, alt.value(1.0), alt.value(0.55)),
             tooltip=[
-                alt.Tooltip("layer:Q"),
-                alt.Tooltip("head:Q"),
+                alt.Tooltip("layer_no:Q", title="layer"),
+                alt.Tooltip("head_no:Q", title="head"),
                 alt.Tooltip("q_block:Q", title="query block"),
                 alt.Tooltip("k_block:Q", title="key block"),
                 alt.Tooltip("share:Q", title="share of attention", format=".4f"),

@@ -63,13 +63,14 @@ def what_if_side_by_side(df: pd.DataFrame, label: str) -> alt.HConcatChart:
 def reply_line(table: pd.DataFrame, current: int | None = None) -> alt.LayerChart:
     """Chosen-token probability (left axis) and entropy in bits (right axis) across the reply.
 
-    Clicking a point selects that step (selection parameter STEP_PICK, field "step").
-    table: steps_table() output.
+    Clicking a point selects that step (selection parameter STEP_PICK, field "step", the
+    0-based index). The axis numbers steps from 1, as the pages do. table: steps_table() output.
     """
     pick = alt.selection_point(name=STEP_PICK, fields=["step"], on="click", nearest=True, empty=False)
-    base = alt.Chart(table).encode(x=alt.X("step:Q", title="step (token position in the reply)"))
+    table = table.assign(step_no=table["step"] + 1)
+    base = alt.Chart(table).encode(x=alt.X("step_no:Q", title="step (1 = the reply's first token)"))
     tips = [
-        alt.Tooltip("step:Q"),
+        alt.Tooltip("step_no:Q", title="step"),
         alt.Tooltip("token:N"),
         alt.Tooltip("prob:Q", format=".1%"),
         alt.Tooltip("entropy:Q", format=".2f", title="entropy (bits)"),
@@ -89,8 +90,8 @@ def reply_line(table: pd.DataFrame, current: int | None = None) -> alt.LayerChar
     )
     layers = [prob, entropy]
     if current is not None:
-        marker = pd.DataFrame({"step": [current]})
-        layers.append(alt.Chart(marker).mark_rule(color=CHOSEN, strokeWidth=2).encode(x="step:Q"))
+        marker = pd.DataFrame({"step_no": [current + 1]})
+        layers.append(alt.Chart(marker).mark_rule(color=CHOSEN, strokeWidth=2).encode(x="step_no:Q"))
     return alt.layer(*layers).resolve_scale(y="independent").properties(height=260)
 
 

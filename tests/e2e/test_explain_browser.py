@@ -87,9 +87,8 @@ def test_explain_hover_candidates_branch_and_lens(page):
     assert "step=" in page.url and "reply=" in page.url
     assert page.get_by_role("heading", name="Next-word candidates").count() == 1
     slider = page.locator('[data-testid="stSlider"]').first
-    expect(slider.locator('[data-testid="stSliderThumbValue"]')).to_have_text(
-        str(step_no - 1), timeout=60_000
-    )
+    # the link's "Step 17" opens the page at the step it shows as 17
+    expect(slider.locator('[data-testid="stSliderThumbValue"]')).to_have_text(str(step_no), timeout=60_000)
     assert_no_exception(page)
     screenshot(page, "candidates-step")
 
@@ -172,12 +171,12 @@ def test_timing_for_a_long_reply(page, lm, tmp_path, n_tokens):
     # "·flew" at step 6 comes back every sentence: the click must land on this one, not the last
     assert lm.tokenizer.decode(ids[6]) == " flew" and ids.count(ids[6]) > 1
     pills.nth(6).click()
-    expect(thumb).to_have_text("6", timeout=60_000)
+    expect(thumb).to_have_text("7", timeout=60_000)  # steps are numbered from 1 on the page
     wait_idle(page)
     pills.last.click()
     page.wait_for_timeout(300)
     wait_idle(page)
-    expect(thumb).to_have_text(str(n_tokens - 1), timeout=60_000)
+    expect(thumb).to_have_text(str(n_tokens), timeout=60_000)
     start = time.perf_counter()
     page.get_by_text("Compute the logit lens at this step").click()
     page.wait_for_timeout(200)
@@ -191,7 +190,7 @@ def test_timing_for_a_long_reply(page, lm, tmp_path, n_tokens):
     chart.scroll_into_view_if_needed()
     box = chart.bounding_box()
     page.mouse.click(box["x"] + box["width"] * 0.3, box["y"] + box["height"] * 0.4)
-    expect(thumb).not_to_have_text(str(n_tokens - 1), timeout=60_000)
+    expect(thumb).not_to_have_text(str(n_tokens), timeout=60_000)
     wait_idle(page)
     screenshot(page, "candidates-200-tokens-chart-click")
     picked = int(thumb.inner_text())
