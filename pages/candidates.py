@@ -121,10 +121,11 @@ def whole_reply(trace: Trace, i: int) -> None:
     st.caption(
         "Blue: the chosen token's probability; orange dashes: entropy. Click a point to open that step."
     )
-    st.dataframe(table, hide_index=True, height=260)
+    shown = table.assign(step=table["step"] + 1)  # numbered from 1, as the slider and pills
+    st.dataframe(shown, hide_index=True, height=260)
     st.download_button(
         "⬇ Steps (CSV)",
-        table.to_csv(index=False).encode("utf-8"),
+        shown.to_csv(index=False).encode("utf-8"),
         file_name=f"glassbox-steps-{trace.trace_id}.csv",
         mime="text/csv",
         key="candidates.csv",

@@ -201,13 +201,14 @@ def reply_picker(key: str) -> ReplyRef | None:
         st.info("There is no reply to explain yet. Chat on the **Chat** page first, then come back.")
         st.page_link("pages/chat.py", label="Go to the chat", icon="💬")
         return None
-    ids = [r.message.trace.trace_id for r in refs]
-    wanted = st.query_params.get("reply") or st.session_state.get(SELECTED)
-    index = ids.index(wanted) if wanted in ids else len(ids) - 1
-    choice = st.selectbox(
-        "Reply to explain", range(len(refs)), index=index, format_func=lambda i: refs[i].label, key=key
-    )
-    ref = refs[choice]
+    # Options are trace ids, not list positions: a branch adds a reply in the middle of the list,
+    # and a position kept from before would then point at another reply than the one shown.
+    by_id = {r.message.trace.trace_id: r for r in refs}
+    if st.session_state.get(key) not in by_id:
+        wanted = st.query_params.get("reply") or st.session_state.get(SELECTED)
+        st.session_state[key] = wanted if wanted in by_id else refs[-1].message.trace.trace_id
+    choice = st.selectbox("Reply to explain", list(by_id), format_func=lambda t: by_id[t].label, key=key)
+    ref = by_id[choice]
     st.session_state[SELECTED] = ref.message.trace.trace_id
     if st.query_params.get("reply") not in (None, ref.message.trace.trace_id):
         st.query_params["reply"] = ref.message.trace.trace_id

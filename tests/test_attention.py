@@ -153,6 +153,7 @@ def test_turn_grouping_sums_to_one_per_row(lm, greedy_trace, overview, weights):
     turns = att.turn_frame(overview)
     np.testing.assert_allclose(turns.groupby("step")["share"].sum(), 1.0, atol=1e-5)
     assert set(turns["category"]) == set(att.CATEGORIES)
+    assert turns["token"].iloc[0] == f"1 {overview.labels[P]}"  # the reply's first step is step 1
     by_group = att.head_frame_by_group(weights[2], overview, range(overview.n_tokens))
     np.testing.assert_allclose(by_group.groupby("query")["weight"].sum(), 1.0, atol=1e-5)
 

@@ -60,3 +60,23 @@ def test_explain_then_candidates_then_branch(app):
     assert branch.output_ids[:2] == original.trace.output_ids[:2]
     assert branch.output_ids[2] != original.trace.output_ids[2]
     assert "diverge at step 3" in " ".join(m.value for m in app.markdown)
+
+
+def test_after_a_branch_the_picker_shows_the_reply_it_names(app):
+    for question in ("What is the capital of France?", "Name a colour."):
+        app.chat_input[0].set_value(question).run()
+    first, second = (m for m in app.session_state["chat.messages"] if m.role == "assistant")
+    app.switch_page("pages/candidates.py")
+    app.query_params["reply"] = first.trace.trace_id
+    app.query_params["step"] = "1"
+    app.run()
+    app.button(key="candidates.branch").click().run()  # adds "Reply 1 (alternative 1)" mid-list
+    assert not app.exception and len(first.alternatives) == 1
+    picker = app.selectbox(key="candidates.reply")
+    assert picker.value == first.trace.trace_id
+    picker.set_value(second.trace.trace_id).run()
+    assert not app.exception
+    assert app.selectbox(key="candidates.reply").value == second.trace.trace_id
+    steps = app.select_slider(key="candidates.step").options
+    assert len(steps) == len(second.trace.steps)  # the page shows the reply the picker names
+    assert not any("is a branch" in e.value for e in app.info)

@@ -111,6 +111,20 @@ def test_conversation_view_ranks_earlier_messages(chatted):
     assert "Cosine similarity of every sentence" in {title_of(s) for s, _ in charts(at)}
 
 
+def test_conversation_view_starts_at_the_reply_picked_on_the_other_views(chatted):
+    at = chatted
+    history = at.session_state["chat.messages"]
+    first = next(i for i, m in enumerate(history) if m.role == "assistant")
+    at.button_group(key="embeddings.view").set_value("Token similarity").run()
+    at.selectbox(key="embeddings.reply").set_value(history[first].trace.trace_id).run()
+    at.button_group(key="embeddings.view").set_value("Conversation").run()
+    assert not at.exception
+    about = at.selectbox(key="embeddings.about")
+    assert about.value == first and about.format_func(first).startswith("Reply 1: ")
+    ranking = {title_of(s): d for s, d in charts(at)}["Earlier messages, closest to the reply first"]
+    assert ranking.iloc[0]["text"] == "What is the capital of France?"
+
+
 def test_free_text_view_orders_cat_kitten_stocks(chatted):
     at = chatted
     at.button_group(key="embeddings.view").set_value("Free text").run()

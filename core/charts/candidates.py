@@ -68,7 +68,10 @@ def reply_line(table: pd.DataFrame, current: int | None = None) -> alt.LayerChar
     """
     pick = alt.selection_point(name=STEP_PICK, fields=["step"], on="click", nearest=True, empty=False)
     table = table.assign(step_no=table["step"] + 1)
-    base = alt.Chart(table).encode(x=alt.X("step_no:Q", title="step (1 = the reply's first token)"))
+    steps_axis = alt.Axis(tickMinStep=1, format="d")  # whole steps, never "1.5"
+    base = alt.Chart(table).encode(
+        x=alt.X("step_no:Q", title="step (1 = the reply's first token)", axis=steps_axis)
+    )
     tips = [
         alt.Tooltip("step_no:Q", title="step"),
         alt.Tooltip("token:N"),
@@ -80,7 +83,7 @@ def reply_line(table: pd.DataFrame, current: int | None = None) -> alt.LayerChar
     # clickable points: the selection lives on a point mark (nearest click picks the closest step)
     points = (
         base.mark_circle(color=OTHER, size=45, opacity=0.9)
-        .encode(y=alt.Y("prob:Q", axis=None), tooltip=tips)
+        .encode(y=prob_y, tooltip=tips)  # the same y as the line: one shared, visible axis
         .add_params(pick)
     )
     prob = alt.layer(prob_line, points)
@@ -91,7 +94,11 @@ def reply_line(table: pd.DataFrame, current: int | None = None) -> alt.LayerChar
     layers = [prob, entropy]
     if current is not None:
         marker = pd.DataFrame({"step_no": [current + 1]})
-        layers.append(alt.Chart(marker).mark_rule(color=CHOSEN, strokeWidth=2).encode(x="step_no:Q"))
+        layers.append(
+            alt.Chart(marker)
+            .mark_rule(color=CHOSEN, strokeWidth=2)
+            .encode(x=alt.X("step_no:Q", axis=steps_axis))
+        )
     return alt.layer(*layers).resolve_scale(y="independent").properties(height=260)
 
 

@@ -703,7 +703,8 @@ def turn_frame(ov: AttentionOverview, layer: int | None = None, head: int | None
     """For each reply token, its attention split by category (CATEGORIES).
 
     layer None -> mean over every layer and head; head None -> mean over the layer's heads.
-    -> step, token, category, share (share sums to 1 per step).
+    -> step (0-based), token ("1 ·The": numbered from 1, as the pages number steps), category,
+    share (share sums to 1 per step).
     """
     g = ov.grouped  # (L, H, R, G)
     if layer is None:
@@ -720,7 +721,8 @@ def turn_frame(ov: AttentionOverview, layer: int | None = None, head: int | None
         {
             "step": np.repeat(np.arange(R), len(CATEGORIES)),
             "token": [
-                _axis_label(s, ov.labels[ov.n_prompt + s]) for s in np.repeat(np.arange(R), len(CATEGORIES))
+                _axis_label(s + 1, ov.labels[ov.n_prompt + s])
+                for s in np.repeat(np.arange(R), len(CATEGORIES))
             ],
             "category": CATEGORIES * R,
             "order": list(range(len(CATEGORIES))) * R,
