@@ -59,7 +59,7 @@ def pick_source() -> tuple[pd.DataFrame, pd.DataFrame, str | None]:
             key="tokens.free_text",
         )
         table = _tables.get_or_compute(("text", text), lambda: tokenization.text_table(tok, text))
-        return table, table, text
+        return table, tokenization.text_rows(table), text
     if source == SOURCES[1]:
         ref = common.reply_picker("tokens.reply")
         if ref is None:
@@ -70,11 +70,9 @@ def pick_source() -> tuple[pd.DataFrame, pd.DataFrame, str | None]:
             f"included) and the {len(trace.steps):,} tokens it wrote."
         )
         table = tokenization.trace_table(tok, trace)
-        text_rows = table[table["part"].isin(["content", tokenization.REPLY_PART]) & ~table["special"]]
-        return table, text_rows, None
+        return table, tokenization.text_rows(table), None
     table, expected = pick_message()
-    text_rows = table[table["part"].isin(["content", tokenization.REPLY_PART]) & ~table["special"]]
-    return table, text_rows, expected
+    return table, tokenization.text_rows(table), expected
 
 
 def show_tokens(table: pd.DataFrame, text_rows: pd.DataFrame, expected: str | None) -> str:
@@ -82,7 +80,7 @@ def show_tokens(table: pd.DataFrame, text_rows: pd.DataFrame, expected: str | No
     text = tokenization.table_text(text_rows)
     cols = st.columns(4)
     cols[0].metric("Tokens", f"{len(table):,}")
-    cols[1].metric("Template / special tokens", f"{int(table['special'].sum()) + _template(table):,}")
+    cols[1].metric("Template / special tokens", f"{len(table) - len(text_rows):,}")  # as counts() does
     cols[2].metric("Characters of text", f"{len(text):,}")
     cols[3].metric(
         "Characters per text token", f"{len(text) / len(text_rows):.2f}" if len(text_rows) else "–"
@@ -100,10 +98,6 @@ def show_tokens(table: pd.DataFrame, text_rows: pd.DataFrame, expected: str | No
     if len(table) > MAX_CHIPS:
         st.caption(f"The first {MAX_CHIPS:,} of {len(table):,} tokens are drawn; the table has them all.")
     return text
-
-
-def _template(table: pd.DataFrame) -> int:
-    return int((table["part"].isin(["header", "footer"]) & ~table["special"]).sum())
 
 
 def _legend() -> list[tuple[str, str]]:
@@ -148,8 +142,9 @@ def counts_tab(table: pd.DataFrame) -> None:
         st.warning(str(exc))
         return
     st.markdown(
-        f"**Context budget.** The conversation uses **{usage.used:,}** of {usage.budget:,} tokens, "
-        f"{usage.reserve:,} are kept free for the reply, and {usage.room:,} are left."
+        f"**Context budget.** The next prompt (the conversation as the model will re-read it, with "
+        f"the template that opens the next reply) takes **{usage.used:,}** of {usage.budget:,} "
+        f"tokens; {usage.reserve:,} are kept free for the reply, and {usage.room:,} are left."
     )
     st.altair_chart(charts.budget_bar(usage.segments, usage.budget), width="stretch")
     if usage.dropped_turns:

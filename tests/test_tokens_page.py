@@ -101,6 +101,28 @@ def test_whole_prompt_of_a_reply(conversation, lm):
     assert table["special"].sum() >= 5  # im_start/im_end of system, user, and the reply header
 
 
+def test_the_metrics_and_the_counts_table_count_alike(lm):
+    """The reply's closing <|im_end|> is a special token: template in both places, never text."""
+    conversation = [
+        Message("system", "You are a helpful assistant."),
+        Message("user", "What is the capital of France?"),
+    ]
+    reply = make_trace(lm, conversation)
+    conversation.append(Message("assistant", reply.text, trace=reply))
+    at = _open(conversation, **{"tokens.source": "The whole prompt of a reply"})
+    assert at.dataframe[0].value["special"].iloc[-1]  # the reply ends with <|im_end|>
+    metrics = {m.label: int(float(m.value.replace(",", ""))) for m in at.metric[:3]}
+    at.radio(key="tokens.view").set_value("Counts and context budget").run()
+    assert not at.exception
+    whole = at.dataframe[1].value.set_index("message").loc["all"]
+    assert metrics["Tokens"] == whole["tokens"]
+    assert metrics["Template / special tokens"] == whole["template tokens"]
+    assert metrics["Characters of text"] == whole["characters"]
+    assert whole["characters"] == len(conversation[1].content) + len(conversation[2].content) + len(
+        conversation[0].content
+    )
+
+
 def test_vocabulary_lookup_of_a_special_token(conversation):
     state = {"tokens.view": "Vocabulary", "tokens.lookup_id": 2, "tokens.lookup_text": "<|im_end|>"}
     at = _open(conversation, **state)

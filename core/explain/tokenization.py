@@ -118,6 +118,12 @@ def joined_bytes(tokenizer: Any, ids: list[int]) -> bytes:
     return b"".join(token_bytes(tokenizer, i) for i in ids)
 
 
+def text_rows(table: pd.DataFrame) -> pd.DataFrame:
+    """The rows that stand for text: message content, the reply, free text. A special token is
+    never text, so the reply's closing <|im_end|> counts with the template, as the header does."""
+    return table[table["part"].isin(["content", REPLY_PART, FREE_PART]) & ~table["special"]]
+
+
 def table_text(table: pd.DataFrame) -> str:
     """What the rows of a token table decode to, from their bytes column."""
     return b"".join(bytes.fromhex(h) for h in table["bytes"]).decode("utf-8", errors="replace")
@@ -194,17 +200,17 @@ def _reply_number(messages: list[Message], position: int) -> int:
 def counts(table: pd.DataFrame) -> pd.DataFrame:
     """Tokens per message: all tokens, text tokens, template tokens, characters, chars per token.
 
-    Text tokens are the content (or reply) rows; characters are counted in what they decode to.
-    The last row ("all") totals the whole table.
+    Text tokens are text_rows(); characters are counted in what they decode to. The last row
+    ("all") totals the whole table.
     """
     rows = []
     groups = [
         ("" if pd.isna(m) else str(int(m)), g) for m, g in table.groupby("message", dropna=False, sort=True)
     ]
     for label, group in [*groups, ("all", table)]:
-        text_rows = group[group["part"].isin(["content", REPLY_PART, FREE_PART])]
-        chars = len(table_text(text_rows))
-        n_text = len(text_rows)
+        text = text_rows(group)
+        chars = len(table_text(text))
+        n_text = len(text)
         rows.append(
             {
                 "message": label,
