@@ -96,7 +96,7 @@ def what_if_view(trace: Trace, i: int) -> None:
     top_p = c2.slider("Top-p", 0.05, 1.0, float(used.top_p), 0.01, key="candidates.whatif_p")
     top_k = c3.slider("Top-k (0 = off)", 0, 50, min(used.top_k, 50), key="candidates.whatif_k")
     settings = SamplingSettings(temperature=temperature, top_k=top_k, top_p=top_p)
-    df = what_if(tok, step, settings, n=12)
+    df = what_if(tok, step, settings, n=int(st.session_state.get("candidates.k", 10)))  # as many as above
     label = f"T={temperature:g}, top-p={top_p:g}" + (f", top-k={top_k}" if top_k else "")
     st.altair_chart(what_if_side_by_side(df, label), width="stretch")
     st.caption(

@@ -52,7 +52,7 @@ def token_view() -> None:
     trace = ref.message.trace
     parts = emb.message_parts(trace, common.messages())
     pick = st.selectbox(
-        "Message to show (as the model read it before this reply)",
+        "Message to show (as the model read it for this reply, or the reply as it wrote it)",
         range(len(parts)),
         index=len(parts) - 1,
         format_func=lambda i: parts[i].label,
@@ -93,17 +93,17 @@ def token_view() -> None:
 
     heat_box = st.container()
     projection = emb.pca_2d(shown)
-    st.caption(
-        f"The two axes keep {projection.explained[0]:.1%} + {projection.explained[1]:.1%} = "
-        f"{sum(projection.explained):.1%} of the variance of these {len(ids)} vectors "
-        f"({shown.shape[1]} numbers each). Click a token to highlight it in the heatmap; double-click "
-        "to clear."
-    )
     event = st.altair_chart(
         charts.token_scatter(emb.token_map(labels, positions, projection), projection.explained),
         key="embeddings.map",
         on_select="rerun",
         selection_mode=charts.TOKEN_SELECTION,
+    )
+    st.caption(  # under the map it describes
+        f"The two axes keep {projection.explained[0]:.1%} + {projection.explained[1]:.1%} = "
+        f"{sum(projection.explained):.1%} of the variance of these {len(shown)} vectors "
+        f"({shown.shape[1]} numbers each). Click a token to highlight it in the heatmap; double-click "
+        "to clear."
     )
     highlight = selected_position(event)
     with heat_box:
@@ -181,7 +181,10 @@ def conversation_view() -> None:
     )
     points, projection = emb.message_map(units, vectors)
     st.altair_chart(charts.message_scatter(points, projection.explained))
-    st.caption(f"The two axes keep {sum(projection.explained):.0%} of the variance.")
+    st.caption(
+        f"The two axes keep {sum(projection.explained):.0%} of the variance. Each point is numbered as "
+        "in the list below (the message number); hover a point for its text."
+    )
 
     st.subheader("What was this reply about?")
     replies = [i for i, m in enumerate(history) if m.role == "assistant" and m.content.strip()]

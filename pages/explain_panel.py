@@ -56,7 +56,10 @@ def show(message: Message) -> None:
     tok = common.chat_model(full=False).tokenizer
     chip_html, summary = _views(message)
     with st.container(border=True, key=f"explain.panel.{message.id}"):
-        st.caption("Each chip is one token, coloured by how sure the model was of it. Hover for the top 5.")
+        st.caption(
+            "Each chip is one token, coloured by how sure the model was of it; a dark badge is a special "
+            "token such as `<|im_end|>`, the end of the turn. Hover a chip for the top 5."
+        )
         st.html(chip_html)
         st.html(text_block(summary))
         st.markdown("**Where it was least sure**")

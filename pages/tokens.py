@@ -102,8 +102,8 @@ def show_tokens(table: pd.DataFrame, text_rows: pd.DataFrame, expected: str | No
 
 def _legend() -> list[tuple[str, str]]:
     return [
-        (tokenization.CHIP_COLOURS[0], "token"),
-        (tokenization.CHIP_COLOURS[1], "next token"),
+        (tokenization.CHIP_COLOURS[0], "a token"),
+        (tokenization.CHIP_COLOURS[1], "its neighbour (colours alternate)"),
         ("#94a3b8", "special token (dark badge)"),
         ("transparent", "dashed: part of one character, shown as bytes · = space ↵ = newline"),
     ]

@@ -245,6 +245,7 @@ with stage(
         choices.drop(columns="pick_id"),
         hide_index=True,
         column_config={
+            "how": st.column_config.TextColumn("how", width="medium"),  # leaves room for the last header
             "pool": "tokens it can draw",
             "pick": "most likely pick",
             "pick_prob": st.column_config.NumberColumn("its chance", format="percent"),

@@ -103,7 +103,12 @@ def neighbour_bars(frame: pd.DataFrame, title: str) -> alt.Chart:
 
 
 def message_scatter(frame: pd.DataFrame, explained: tuple[float, float]) -> alt.Chart:
-    """The conversation's messages (or sentences) on a 2D PCA map, coloured by role."""
+    """The conversation's messages (or sentences) on a 2D PCA map, coloured by role.
+
+    Each point is labelled with its number only ("5", or "1.2" for a sentence): whole labels
+    overlapped where messages sit close and ran off the plot. The text is in the tooltip.
+    """
+    frame = frame.assign(tag=frame["label"].str.split(" ").str[0])
     base = alt.Chart(frame).encode(
         x=alt.X("x:Q", title=f"PC1 ({explained[0]:.0%} of the variance)", axis=alt.Axis(labels=False)),
         y=alt.Y("y:Q", title=f"PC2 ({explained[1]:.0%} of the variance)", axis=alt.Axis(labels=False)),
@@ -117,9 +122,7 @@ def message_scatter(frame: pd.DataFrame, explained: tuple[float, float]) -> alt.
     points = base.mark_circle(size=110).encode(
         color=alt.Color("role:N", scale=alt.Scale(domain=roles, range=[ROLE_COLOURS[r] for r in roles]))
     )
-    labels = base.mark_text(align="left", dx=7, dy=-5, fontSize=11, color="#334155", limit=180).encode(
-        text="label:N"
-    )
+    labels = base.mark_text(align="left", dx=7, dy=-5, fontSize=12, color="#334155").encode(text="tag:N")
     return (points + labels).properties(height=420, title="The conversation on a 2D map (PCA)")
 
 
