@@ -182,8 +182,9 @@ def conversation_view() -> None:
     points, projection = emb.message_map(units, vectors)
     st.altair_chart(charts.message_scatter(points, projection.explained))
     st.caption(
-        f"The two axes keep {sum(projection.explained):.0%} of the variance. Each point is numbered as "
-        "in the list below (the message number); hover a point for its text."
+        f"The two axes keep {sum(projection.explained):.0%} of the variance. Each point is labelled with "
+        "its message number (0 is the system prompt; 1.2 is message 1's second sentence); hover a point "
+        "for its text."
     )
 
     st.subheader("What was this reply about?")
