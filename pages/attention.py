@@ -137,12 +137,25 @@ def head_view(ov: att.AttentionOverview, trace, reply_w, layer: int, head: int) 
     )
 
 
+def follow_step_link(trace_id: str) -> None:
+    """A link naming a step (?step=, from the walkthrough) opens that token in the Per-token view.
+
+    The parameter is used up, so the view and step stay the reader's to change afterwards.
+    """
+    wanted = st.query_params.get("step")
+    if wanted is None:
+        return
+    del st.query_params["step"]
+    if wanted.isdigit():
+        st.session_state[VIEW] = "Per-token view"
+        st.session_state[f"attention.step.{trace_id}"] = int(wanted)
+
+
 def per_token_view(ov: att.AttentionOverview, reply_w, layer: int, head: int) -> None:
     P, R = ov.n_prompt, ov.n_reply
-    wanted = st.query_params.get("step")
-    default = int(wanted) if wanted and wanted.isdigit() and int(wanted) < R else 0
     key = f"attention.step.{ov.trace_id}"  # per reply: another reply may be shorter
-    st.session_state.setdefault(key, default)
+    if st.session_state.get(key) not in range(R):
+        st.session_state[key] = 0
     step = st.select_slider(
         "Reply token", options=range(R), format_func=lambda s: f"{s + 1}: {ov.labels[P + s]}", key=key
     )
@@ -227,6 +240,7 @@ with main:
         st.info("This reply has no tokens yet, so there is no attention to show.")
         st.stop()
     apply_click()
+    follow_step_link(trace.trace_id)
     layer, head, view = head_picker()
     kv = st.session_state.get("chat.kv")  # the chat's keys and values: core only reads them
     try:

@@ -204,14 +204,18 @@ def reply_picker(key: str) -> ReplyRef | None:
     # Options are trace ids, not list positions: a branch adds a reply in the middle of the list,
     # and a position kept from before would then point at another reply than the one shown.
     by_id = {r.message.trace.trace_id: r for r in refs}
-    if st.session_state.get(key) not in by_id:
-        wanted = st.query_params.get("reply") or st.session_state.get(SELECTED)
+    linked = st.query_params.get("reply")
+    if linked in by_id and linked != st.session_state.get(key + ".seen"):
+        st.session_state[key] = linked  # a link (or an edited URL) names a reply: it wins, once
+    elif st.session_state.get(key) not in by_id:
+        wanted = st.session_state.get(SELECTED)
         st.session_state[key] = wanted if wanted in by_id else refs[-1].message.trace.trace_id
     choice = st.selectbox("Reply to explain", list(by_id), format_func=lambda t: by_id[t].label, key=key)
     ref = by_id[choice]
     st.session_state[SELECTED] = ref.message.trace.trace_id
-    if st.query_params.get("reply") not in (None, ref.message.trace.trace_id):
-        st.query_params["reply"] = ref.message.trace.trace_id
+    if linked not in (None, choice):
+        st.query_params["reply"] = choice
+    st.session_state[key + ".seen"] = choice  # the URL now names the reply shown
     return ref
 
 

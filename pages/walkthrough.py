@@ -169,7 +169,7 @@ with stage(
         "The last point is after the final normalisation, which rescales the vector: its length "
         "drops, and the cosine is measured after that normalisation at every layer."
     )
-    link("pages/attention.py", "See attention layer by layer", trace, step)
+    link("pages/attention.py", "See this token's attention, head by head", trace, step)
 
 with stage(
     5,

@@ -150,3 +150,18 @@ def test_without_a_reply_the_page_says_what_to_do():
     at.switch_page(PAGE).run()
     assert not at.exception
     assert any("no reply to explain" in i.value for i in at.info)
+
+
+def test_a_link_naming_a_step_opens_that_token_once(chatted):
+    """The walkthrough's link (?reply=&step=) opens the Per-token view at that step."""
+    at = chatted
+    trace = reply_trace(at)
+    at.query_params["reply"] = trace.trace_id
+    at.query_params["step"] = "1"
+    at.run()
+    assert not at.exception
+    assert at.segmented_control(key="attention.view").value == "Per-token view"
+    assert at.select_slider(key=f"attention.step.{trace.trace_id}").value == 1
+    assert "step" not in at.query_params  # used up: the reader's later choices stand
+    at.segmented_control(key="attention.view").set_value("Turn view").run()
+    assert at.segmented_control(key="attention.view").value == "Turn view"
