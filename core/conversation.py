@@ -93,6 +93,11 @@ def encode_messages(
     return Prompt(ids=ids, spans=spans)
 
 
+def reply_number(messages: list[Message], position: int) -> int:
+    """ "Reply N" for the message at `position`: how many assistant messages lead up to it."""
+    return sum(1 for m in messages[: position + 1] if m.role == "assistant")
+
+
 def turns(messages: list[Message]) -> list[list[int]]:
     """Group message indices (after the system prompt) into turns: a user message and its replies."""
     groups: list[list[int]] = []

@@ -71,7 +71,8 @@ def choose_step(trace: Trace) -> int:
     return step
 
 
-def step_view(trace: Trace, i: int) -> None:
+def step_view(trace: Trace, i: int) -> int:
+    """The step's token, numbers and top candidates. Returns how many candidates are shown."""
     step = trace.steps[i]
     st.markdown("**The reply so far** (the red outline is this step's token)")
     st.html(chips(reply_chips(tok, trace, marked=i, upto=i + 1), probability_legend()))
@@ -84,9 +85,10 @@ def step_view(trace: Trace, i: int) -> None:
     cols[4].metric("Tokens for 90%", mass if mass is not None else "> 50")
     k = st.slider("Candidates to show", 5, 50, 10, key="candidates.k")
     st.altair_chart(candidates_bar(top_candidates(tok, step, k)), width="stretch")
+    return k
 
 
-def what_if_view(trace: Trace, i: int) -> None:
+def what_if_view(trace: Trace, i: int, n: int) -> None:
     step = trace.steps[i]
     st.subheader("What if the temperature or top-p were different?")
     st.caption("The sliders start at the settings this reply was sampled with; move them to see the change.")
@@ -96,7 +98,7 @@ def what_if_view(trace: Trace, i: int) -> None:
     top_p = c2.slider("Top-p", 0.05, 1.0, float(used.top_p), 0.01, key="candidates.whatif_p")
     top_k = c3.slider("Top-k (0 = off)", 0, 50, min(used.top_k, 50), key="candidates.whatif_k")
     settings = SamplingSettings(temperature=temperature, top_k=top_k, top_p=top_p)
-    df = what_if(tok, step, settings, n=int(st.session_state.get("candidates.k", 10)))  # as many as above
+    df = what_if(tok, step, settings, n=n)  # as many candidates as step_view shows
     label = f"T={temperature:g}, top-p={top_p:g}" + (f", top-k={top_k}" if top_k else "")
     st.altair_chart(what_if_side_by_side(df, label), width="stretch")
     st.caption(
@@ -218,8 +220,8 @@ if trace.branch_of:
         f"ℹ️ This reply is a branch: it was forced to differ from its parent at step {trace.branch_step + 1}."
     )
 i = choose_step(trace)
-step_view(trace, i)
-what_if_view(trace, i)
+n_shown = step_view(trace, i)
+what_if_view(trace, i, n_shown)
 whole_reply(trace, i)
 branch_view(ref, i)
 lens_view(trace, i)

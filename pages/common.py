@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import streamlit as st
 
-from core.conversation import Message
+from core.conversation import Message, reply_number
 from core.cpuload import fit_torch_threads
 from core.generation import warm_up
 from core.models import ENV_MODEL, LoadedModel, ModelUnavailable, load_chat_model, load_embedder
@@ -183,7 +183,7 @@ def replies() -> list[ReplyRef]:
     for pos, m in enumerate(messages()):
         if m.role != "assistant":
             continue
-        number = sum(1 for x in messages()[: pos + 1] if x.role == "assistant")
+        number = reply_number(messages(), pos)
         for k, take in enumerate([m, *m.alternatives]):
             if take.trace is None:
                 continue

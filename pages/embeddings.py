@@ -5,6 +5,7 @@ from __future__ import annotations
 import streamlit as st
 
 from core.charts import embeddings as charts
+from core.conversation import reply_number
 from core.explain import embeddings as emb
 from pages import common
 
@@ -195,13 +196,14 @@ def conversation_view() -> None:
     # the reply chosen on the other views (or the last one), named as the reply pickers name it
     selected = st.session_state.get(common.SELECTED)
     traced = [i for i in replies if history[i].trace is not None and history[i].trace.trace_id == selected]
-    number = {i: sum(1 for m in history[: i + 1] if m.role == "assistant") for i in replies}
     chosen = st.selectbox(
         "Reply",
         replies,
         index=replies.index(traced[0]) if traced else len(replies) - 1,
         key="embeddings.about",
-        format_func=lambda i: f"Reply {number[i]}: {history[i].content.strip().replace(chr(10), ' ')[:60]}",
+        format_func=lambda i: (
+            f"Reply {reply_number(history, i)}: {history[i].content.strip().replace(chr(10), ' ')[:60]}"
+        ),
     )
     reply_vec = emb.sentence_vectors(embedder, [history[chosen].content.strip()])[0]
     ranking = emb.reply_about(units, vectors, reply_vec, chosen)

@@ -47,7 +47,7 @@ def pick_message() -> tuple[pd.DataFrame, str]:
     return found.table, history[index].content
 
 
-def pick_source() -> tuple[pd.DataFrame, pd.DataFrame, str | None]:
+def pick_source() -> tuple[pd.DataFrame, str | None]:
     """(all rows to show, the rows that are text, the text they must decode to exactly)."""
     linked = 1 if st.query_params.get("reply") else 0  # a link from a reply opens its whole prompt
     source = st.radio("Show the tokens of", SOURCES, index=linked, horizontal=True, key="tokens.source")
@@ -59,7 +59,7 @@ def pick_source() -> tuple[pd.DataFrame, pd.DataFrame, str | None]:
             key="tokens.free_text",
         )
         table = _tables.get_or_compute(("text", text), lambda: tokenization.text_table(tok, text))
-        return table, tokenization.text_rows(table), text
+        return table, text
     if source == SOURCES[1]:
         ref = common.reply_picker("tokens.reply")
         if ref is None:
@@ -70,13 +70,14 @@ def pick_source() -> tuple[pd.DataFrame, pd.DataFrame, str | None]:
             f"included) and the {len(trace.steps):,} tokens it wrote."
         )
         table = tokenization.trace_table(tok, trace)
-        return table, tokenization.text_rows(table), None
+        return table, None
     table, expected = pick_message()
-    return table, tokenization.text_rows(table), expected
+    return table, expected
 
 
-def show_tokens(table: pd.DataFrame, text_rows: pd.DataFrame, expected: str | None) -> str:
+def show_tokens(table: pd.DataFrame, expected: str | None) -> str:
     """Counts, the round-trip check and the chips. Returns the text the tokens stand for."""
+    text_rows = tokenization.text_rows(table)
     text = tokenization.table_text(text_rows)
     cols = st.columns(4)
     cols[0].metric("Tokens", f"{len(table):,}")
@@ -238,8 +239,8 @@ st.title("🧩 Tokenization")
 st.caption(
     "What the model actually reads: not letters or words, but token ids. Hover a token for its id and bytes."
 )
-all_rows, text_rows, expected = pick_source()
-text = show_tokens(all_rows, text_rows, expected)
+all_rows, expected = pick_source()
+text = show_tokens(all_rows, expected)
 # One view at a time (a radio, not st.tabs): only the chosen view is computed on each rerun.
 VIEWS = {
     "Table": lambda: table_tab(all_rows),

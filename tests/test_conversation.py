@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from core.conversation import Message, PromptTooLong, build_prompt, encode_messages, turns
+from core.conversation import Message, PromptTooLong, build_prompt, encode_messages, reply_number, turns
 
 
 def _chat(n_turns: int) -> list[Message]:
@@ -85,3 +85,9 @@ def test_typed_special_tokens_cannot_end_the_users_turn(lm):
 def test_turns_group_user_messages_with_their_replies():
     msgs = _chat(2)
     assert turns(msgs) == [[1, 2], [3, 4], [5]]
+
+
+def test_reply_number_counts_the_assistant_messages_up_to_a_position():
+    chat = [Message("system", "s"), Message("user", "a"), Message("assistant", "b"), Message("user", "c")]
+    chat.append(Message("assistant", "d"))
+    assert [reply_number(chat, i) for i in (2, 4)] == [1, 2]

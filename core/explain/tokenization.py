@@ -14,7 +14,7 @@ from typing import Any
 import pandas as pd
 
 from core.cache import BoundedCache
-from core.conversation import Message, build_prompt, encode_messages, turns
+from core.conversation import Message, build_prompt, encode_messages, reply_number, turns
 from core.html import Chip
 from core.tokens import readable, special_ids, split_utf8, token_bytes
 from core.trace import Span, Trace
@@ -161,7 +161,7 @@ def message_tokens(tokenizer: Any, messages: list[Message], index: int) -> Messa
             rows = table[table["message"] == index].reset_index(drop=True)
             return MessageTokens(
                 rows,
-                f"Read by the model as part of the prompt of reply {_reply_number(messages, position)}.",
+                f"Read by the model as part of the prompt of reply {reply_number(messages, position)}.",
                 trace,
                 rows.loc[rows["part"] == "content", "id"].tolist(),
             )
@@ -191,10 +191,6 @@ def message_tokens(tokenizer: Any, messages: list[Message], index: int) -> Messa
         None,
         rows.loc[rows["part"] == "content", "id"].tolist(),
     )
-
-
-def _reply_number(messages: list[Message], position: int) -> int:
-    return sum(1 for m in messages[: position + 1] if m.role == "assistant")
 
 
 def counts(table: pd.DataFrame) -> pd.DataFrame:
