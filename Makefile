@@ -5,7 +5,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.glassbox-installed
 
-.PHONY: run test setup browser lint bench
+.PHONY: run test setup browser postgres lint bench
 
 setup: $(STAMP)
 
@@ -26,10 +26,20 @@ browser:
 	  $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq chromium fonts-noto-color-emoji >/dev/null; \
 	fi
 
+# Debian's PostgreSQL server binaries for the storage tests: tests/postgres.py runs initdb and
+# pg_ctl from them in a temporary folder (as the `postgres` user the package creates, since
+# PostgreSQL refuses root). Only `make test` needs them; the app itself defaults to SQLite.
+postgres:
+	@if ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || ! id postgres >/dev/null 2>&1; then \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get update -qq && \
+	  $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null; \
+	fi
+
 run: setup
 	$(BIN)/streamlit run app.py
 
-test: setup browser
+test: setup browser postgres
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 lint: setup

@@ -46,3 +46,36 @@ def two_turn() -> list[Message]:
 def greedy_trace(lm: LoadedModel, two_turn: list[Message]) -> Trace:
     """A real greedy reply to a two-turn conversation (deterministic)."""
     return make_trace(lm, two_turn)
+
+
+# -- Databases for the storage tests (tests/postgres.py) ----------------------------------------
+
+from collections.abc import Iterator  # noqa: E402
+
+from tests import postgres as pg  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[pg.PostgresServer]:
+    """One throwaway PostgreSQL server for the whole run (started on first use, ~1 s).
+
+    Fails, never skips, when Debian's postgresql is not installed: `make test` installs it.
+    """
+    with pg.postgres_server() as server:
+        yield server
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """A fresh, empty database URL per test, once on SQLite and once on PostgreSQL."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'glassbox.db'}"
+        return
+    server: pg.PostgresServer = request.getfixturevalue("postgres_server")
+    server.start()  # no-op when running; revives it after a fault test that failed mid-outage
+    url = server.create_database()
+    try:
+        yield url
+    finally:
+        server.start()
+        server.drop_database(url.rsplit("/", 1)[1])
