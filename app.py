@@ -5,6 +5,7 @@ from pathlib import Path
 import streamlit as st
 
 from core.memory import give_back_freed_memory
+from pages import history, persist
 
 st.set_page_config(page_title="Glassbox Chat", page_icon="🔍", layout="wide")
 
@@ -25,7 +26,13 @@ pages = [
     for i, (path, title, icon) in enumerate(PAGES)
     if (HERE / path).is_file()
 ]
+navigation = st.navigation(pages)
+persist.open_from_url()  # ?c=<id>: the stored conversation this page shows (core/store.py)
+with st.sidebar:
+    history.show()
+persist.show_status()
 try:
-    st.navigation(pages).run()
+    navigation.run()
 finally:  # also when the page stops or reruns early
+    persist.save_if_changed()  # whatever the page changed is written now (a reply, a branch, a setting)
     give_back_freed_memory()  # long chats: freed explanation tensors go back to the OS (core/memory.py)

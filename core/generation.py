@@ -34,6 +34,9 @@ LN2 = 0.6931471805599453
 # thread gains little, and on a shared 2-core machine its barrier waits cost a lot.
 DECODE_THREADS = 1
 _BUILD_LOCK = threading.Lock()
+# trace_ids of the replies this process is writing right now. A stored trace that says
+# "running" but is not here was cut off (a restart, a closed tab): core.store readers mark it stopped.
+RUNNING: set[str] = set()
 
 
 @dataclass
@@ -111,6 +114,7 @@ def stream(
             if stop is not None and stop.is_set():
                 trace.finish_reason = "stopped"
                 return
+    RUNNING.add(trace.trace_id)
     try:
         threads = torch.get_num_threads()
         generator = torch.Generator().manual_seed(settings.seed)
@@ -171,6 +175,7 @@ def stream(
         if first_token_at is not None and len(trace.steps) > 1:
             trace.decode_tokens_per_s = (len(trace.steps) - 1) / max(end - first_token_at, 1e-9)
         torch.set_num_threads(threads)
+        RUNNING.discard(trace.trace_id)
         lm.lock.release()
 
 
@@ -179,6 +184,32 @@ def generate(lm: LoadedModel, trace: Trace, stop: threading.Event | None = None,
     for _ in stream(lm, trace, stop=stop, **kwargs):
         pass
     return trace
+
+
+def prefill(lm: LoadedModel, kv: SessionKV, ids: list[int], stop: threading.Event | None = None) -> int:
+    """Read ids into the session's KV cache ahead of the next reply; returns the tokens read.
+
+    A conversation restored from the store (a reload, a restart) has an empty cache, so its
+    next reply would read the whole history first. Reading it once here, as soon as the
+    conversation is opened, gives that reply the time to first token of a warm session.
+    Does nothing for models the lean path does not cover, or when the model stays busy.
+    """
+    lean = _lean(lm)
+    if lean is None or len(ids) < 2 or len(ids) > kv.max_tokens:
+        return 0
+    while not lm.lock.acquire(timeout=0.1):
+        if stop is not None and stop.is_set():
+            return 0
+    try:
+        threads = torch.get_num_threads()
+        with torch.inference_mode():
+            torch.set_num_threads(_prefill_threads(threads))
+            reused = kv.prepare(lean, ids, len(ids))
+            kv.forward(lean, ids[reused:])
+            torch.set_num_threads(threads)
+        return len(ids) - reused
+    finally:
+        lm.lock.release()
 
 
 def warm_up(lm: LoadedModel) -> bool:

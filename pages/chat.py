@@ -11,7 +11,8 @@ from core.conversation import Message, PromptTooLong, build_prompt
 from core.generation import new_trace, stream
 from core.html import markdown_safe
 from core.settings import SamplingSettings
-from pages import common, explain_panel, transfer
+from core.store import CHUNK
+from pages import common, explain_panel, persist, transfer
 
 EXAMPLES = [
     "What is the capital of Australia?",
@@ -53,9 +54,7 @@ def sidebar() -> SamplingSettings:
         history[0].content = st.text_area("System prompt", key=common.SYSTEM_PROMPT, height=120)
     for key in common.CHAT_WIDGETS:
         common.remember(key)
-    settings = SamplingSettings(temperature, top_k, top_p, max_new, int(seed)).validated()
-    st.session_state[common.SETTINGS] = settings
-    return settings
+    return SamplingSettings(temperature, top_k, top_p, max_new, int(seed)).validated()
 
 
 def sidebar_end() -> None:
@@ -139,6 +138,7 @@ def generate_reply(previous: Message | None = None) -> None:
         reply.alternatives = [previous, *previous.alternatives]
         previous.alternatives = []
     history.append(reply)  # before streaming: a stop or a reload keeps what was made
+    persist.save_if_changed()  # the reply's row exists before its first token (and the URL names it)
     with st.chat_message("assistant"):
         for note in prompt.notices:
             st.caption(f"ℹ️ {note}")
@@ -158,6 +158,8 @@ def generate_reply(previous: Message | None = None) -> None:
             for chunk in chunks:
                 waiting.empty()
                 reply.content += chunk.text
+                if len(trace.steps) % CHUNK == 0:  # a restart or a closed tab loses at most this much
+                    persist.save_streaming(reply)
                 yield chunk.text
 
         with closing(chunks):  # always release the model, even when the run is interrupted
@@ -186,12 +188,13 @@ def settle_interrupted(message: Message, timeout: float = 3.0) -> None:
 
 # -- the conversation ------------------------------------------------------------------------
 st.title("💬 Glassbox Chat")
+readonly = persist.readonly()
 if history[-1].trace is not None and history[-1].trace.finish_reason == "running":
     settle_interrupted(history[-1])
 for message in history[1:]:
     show_message(message)
 
-if len(history) == 1:
+if len(history) == 1 and not readonly:
     st.markdown("Ask anything, then switch on **Explain** under a reply to see how the model wrote it.")
     cols = st.columns(len(EXAMPLES))
     for col, example in zip(cols, EXAMPLES, strict=True):
@@ -200,7 +203,13 @@ if len(history) == 1:
             st.session_state[PENDING] = True
             st.rerun()
 
-text = st.chat_input("Ask the model something…", key="chat.input")
+if readonly:
+    st.info(
+        "This is a read-only shared conversation: every reply can be explained, but not changed. "
+        "**Continue from here** in the sidebar copies it into your own conversations.",
+        icon="👀",
+    )
+text = None if readonly else st.chat_input("Ask the model something…", key="chat.input")
 if text is not None:
     if text.strip():
         history.append(Message("user", text))
@@ -214,13 +223,13 @@ if st.session_state.get(PENDING) and history[-1].role == "user":
     generate_reply(st.session_state.pop("chat.previous_take", None))
 
 controls = st.columns(3)
-can_regenerate = len(history) > 1 and history[-1].role == "assistant"
+can_regenerate = len(history) > 1 and history[-1].role == "assistant" and not readonly
 if controls[0].button("🔄 Regenerate last reply", disabled=not can_regenerate, key="chat.regenerate"):
     old = history.pop()
     st.session_state["chat.previous_take"] = old
     st.session_state[PENDING] = True
     st.rerun()
-if controls[1].button("🗑 Clear conversation", disabled=len(history) == 1, key="chat.clear"):
+if controls[1].button("🗑 Clear conversation", disabled=len(history) == 1 or readonly, key="chat.clear"):
     del history[1:]
     st.session_state.pop(PENDING, None)
     st.session_state.pop(common.SELECTED, None)

@@ -19,7 +19,6 @@ from core.models import ENV_MODEL, LoadedModel, ModelUnavailable, load_chat_mode
 from core.settings import DEFAULT_CONTEXT_BUDGET, DEFAULT_SYSTEM_PROMPT, SamplingSettings
 
 MESSAGES = "chat.messages"
-SETTINGS = "chat.settings"
 SYSTEM_PROMPT = "chat.system_prompt"
 BUDGET = "chat.context_budget"
 SELECTED = "explain.selected"  # trace_id of the reply the explanation pages show
@@ -60,15 +59,20 @@ def remember(key: str) -> None:
         st.session_state[KEPT + key] = st.session_state[key]
 
 
-def configured_model() -> str | None:
-    """GLASSBOX_MODEL from the environment, else from Streamlit secrets, else None."""
-    if os.environ.get(ENV_MODEL):
-        return os.environ[ENV_MODEL]
+def config(name: str) -> str | None:
+    """A setting from the environment, else from Streamlit secrets, else None."""
+    if os.environ.get(name):
+        return os.environ[name]
     try:
-        value = st.secrets.get(ENV_MODEL)
+        value = st.secrets.get(name)
     except Exception:  # no secrets file at all is the common, fine case
         value = None
     return str(value) if value else None
+
+
+def configured_model() -> str | None:
+    """GLASSBOX_MODEL from the environment, else from Streamlit secrets, else None."""
+    return config(ENV_MODEL)
 
 
 _READY: set[str | None] = set()  # configured sources already loaded in this process
@@ -161,7 +165,28 @@ def system_prompt() -> str:
 
 
 def settings() -> SamplingSettings:
-    return st.session_state.get(SETTINGS, SamplingSettings())
+    """The chat's sampling settings as the sidebar holds them, from any page."""
+    values = {name: _chat_setting(f"chat.{name}", CHAT_WIDGETS[f"chat.{name}"]) for name in _SAMPLING}
+    return SamplingSettings(**values).validated()
+
+
+_SAMPLING = ("temperature", "top_k", "top_p", "max_new_tokens", "seed")
+
+
+def saved_settings() -> dict:
+    """What a stored conversation keeps of the chat's settings (the system prompt is its first message)."""
+    return {**settings().to_dict(), "context_budget": context_budget()}
+
+
+def apply_settings(saved: dict, system: str) -> None:
+    """Put a stored conversation's settings into the chat's widgets (before they are drawn)."""
+    known = SamplingSettings.from_dict(saved).to_dict()
+    values = {f"chat.{name}": known[name] for name in _SAMPLING}
+    values[BUDGET] = int(saved.get("context_budget", DEFAULT_CONTEXT_BUDGET))
+    values[SYSTEM_PROMPT] = system
+    for key, value in values.items():
+        st.session_state[key] = value
+        st.session_state[KEPT + key] = value
 
 
 def context_budget() -> int:

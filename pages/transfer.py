@@ -10,7 +10,7 @@ import streamlit as st
 
 from core.conversation import Message
 from core.export import MAX_BYTES, ImportRejected, conversation_json, load_conversation
-from pages import common
+from pages import common, persist
 
 UPLOAD = "transfer.upload"
 RESULT = "transfer.result"  # ("success" | "error", text) from the last import
@@ -31,6 +31,7 @@ def _import() -> None:
         return
     if loaded[0].role != "system":
         loaded.insert(0, Message("system", common.system_prompt()))
+    persist.start_new()  # an import is a conversation of its own: the one shown stays as it was saved
     history = common.messages()
     history[:] = loaded  # in place: pages hold references to this list
     # both the widget's state and the kept copy: on another page Streamlit drops the former,

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -13,6 +15,10 @@ from core.settings import SamplingSettings
 from core.trace import Trace
 
 ROOT = Path(__file__).resolve().parent.parent
+# Tests never touch the user's own conversations: every store an app opens in a test (AppTest,
+# or a browser test's server, which inherits this environment) lives in a throwaway folder.
+os.environ["GLASSBOX_DATA_DIR"] = tempfile.mkdtemp(prefix="glassbox-test-data-")
+os.environ.pop("GLASSBOX_DB_URL", None)
 APP = str(ROOT / "app.py")
 
 
