@@ -14,16 +14,19 @@ that changes a conversation names its owner, and changes nothing that is not the
 from __future__ import annotations
 
 import dataclasses
+import errno
 import hashlib
 import json
 import logging
 import secrets
+import sqlite3
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
+from urllib.parse import unquote, urlsplit
 
 import sqlalchemy as sa
 from sqlalchemy import event
@@ -206,12 +209,26 @@ class Store:
     def _is_pg(self) -> bool:
         return self.url.get_backend_name() == "postgresql"
 
+    def _sqlite_file(self) -> Path | None:
+        """The SQLite database file on disk; None for an in-memory database.
+
+        A URI file name (`sqlite:///file:/data/glassbox.db?mode=ro&uri=true`) names its file
+        after "file:", not in the working folder."""
+        name = self.url.database or ""
+        if name.startswith("file:"):
+            name = unquote(urlsplit(name).path)
+        if not name or name == ":memory:" or self.url.query.get("mode") == "memory":
+            return None
+        return Path(name)
+
     def _prepare(self) -> Engine:
-        """The engine, with the schema made or upgraded (once per process)."""
+        """The engine, with the schema made or upgraded (once per process, and again after a
+        call found the file damaged)."""
         with self._lock:
             if self._engine is None:
-                if self.is_sqlite and self.url.database:
-                    Path(self.url.database).parent.mkdir(parents=True, exist_ok=True)
+                path = self._sqlite_file() if self.is_sqlite else None
+                if path is not None and self.url.query.get("mode") != "ro":
+                    path.parent.mkdir(parents=True, exist_ok=True)  # OSError: _run says so plainly
                 self._engine = self._make_engine()
             if not self._ready:
                 try:
@@ -234,17 +251,31 @@ class Store:
             if self._is_pg:  # two app processes starting together upgrade one at a time
                 conn.execute(sa.text("SELECT pg_advisory_xact_lock(774411)"))
             if self.is_sqlite:
-                conn.exec_driver_sql("PRAGMA quick_check").fetchall()  # a damaged file raises here
+                # A file that is not a database raises here; damaged pages are reported as rows.
+                found = [tuple(r) for r in conn.exec_driver_sql("PRAGMA quick_check").fetchall()]
+                if found != [("ok",)]:
+                    raise sa.exc.DatabaseError(
+                        "PRAGMA quick_check", None, sqlite3.DatabaseError("database disk image is malformed")
+                    )
             cfg.attributes["connection"] = conn
             command.upgrade(cfg, "head")
 
     def _set_aside_corrupt_file(self) -> None:
-        """Rename a damaged SQLite file (never delete it) and start a new one."""
+        """Rename a damaged SQLite file (never delete it, never replace an earlier one set
+        aside) and start a new one."""
         assert self._engine is not None
         self._engine.dispose()
-        path = Path(str(self.url.database))
+        path = self._sqlite_file()
+        if path is None or not path.exists() or not _still_damaged(path):
+            # Another app process on this file set it aside first and started a new one.
+            self._engine = self._make_engine()
+            return
         stamp = time.strftime("%Y%m%d-%H%M%S")
         aside = path.with_name(f"{path.name}.corrupt-{stamp}")
+        n = 1
+        while any(aside.with_name(aside.name + x).exists() for x in ("", "-wal", "-shm")):
+            n += 1
+            aside = path.with_name(f"{path.name}.corrupt-{stamp}-{n}")
         path.rename(aside)
         for suffix in ("-wal", "-shm"):
             extra = path.with_name(path.name + suffix)
@@ -258,25 +289,49 @@ class Store:
         self._engine = self._make_engine()
 
     def _run(self, work: Callable[[Connection], T]) -> T:
-        """Run work in one transaction, retrying when the database does not answer."""
+        """Run work in one transaction, retrying when the database does not answer.
+
+        While the database stays down (the last call failed), a call tries once and does not
+        wait again: every page run would otherwise stall for the pauses. A call that works
+        clears that. A SQLite file found damaged is set aside by the next call (_prepare).
+        """
         last: Exception | None = None
-        for pause in (*self.retries, None):
+        pauses = self.retries if self.last_error is None else ()
+        for pause in (*pauses, None):
             try:
                 engine = self._prepare()
                 with engine.begin() as conn:
                     result = work(conn)
                 self.last_error = None
                 return result
+            except sa.exc.DataError as exc:  # the data, not the database: a NUL byte for PostgreSQL
+                log.warning("database refused the data: %s", _first_line(exc))
+                raise StoreError(
+                    "The database refused some of the text it was given (a NUL character?), "
+                    "so nothing was changed."
+                ) from exc
             except (sa.exc.OperationalError, sa.exc.InterfaceError) as exc:
                 last = exc
+                if self.is_sqlite and _is_corrupt(exc):
+                    self._ready = False
                 if _is_permanent(exc) or pause is None:
                     break
                 time.sleep(pause)
             except sa.exc.DatabaseError as exc:
                 last = exc
+                if self.is_sqlite and _is_corrupt(exc):
+                    self._ready = False
+                break
+            except OSError as exc:  # the data folder cannot be made, a damaged file cannot be renamed
+                last = exc
+                break
+            except Exception as exc:
+                if not _is_alembic(exc):  # LimitReached, StoreError: for the caller
+                    raise
+                last = exc  # the migrations failed: a database from a newer version of the app
                 break
         self.last_error = _explain(last)
-        log.warning("database call failed: %s", last)
+        log.warning("database call failed: %s", _first_line(last))
         raise StoreUnavailable(self.last_error) from last
 
     def check(self) -> None:
@@ -777,29 +832,97 @@ def _trace_meta(trace: Trace) -> str:
     return json.dumps(data, ensure_ascii=False, sort_keys=True)
 
 
+def _message(exc: BaseException | None) -> str:
+    """The driver's own words, lower-cased: never the statement or its parameters (a
+    visitor's text in a parameter must not decide what the failure is called)."""
+    if exc is None:
+        return ""
+    orig = getattr(exc, "orig", None)
+    return str(orig if orig is not None else exc).lower()
+
+
+def _first_line(exc: BaseException | None) -> str:
+    """For the log: the failure without the statement's parameters (a visitor's text)."""
+    return f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}" if exc else ""
+
+
+def _is_alembic(exc: BaseException) -> bool:
+    """An Alembic error (its classes are not imported here: alembic loads with the first call)."""
+    return type(exc).__module__.split(".")[0] == "alembic"
+
+
 def _is_corrupt(exc: Exception) -> bool:
-    text = str(exc).lower()
+    text = _message(exc)
     return "file is not a database" in text or "malformed" in text or "not a database" in text
 
 
+def _still_damaged(path: Path) -> bool:
+    """Checked again right before a rename: is the file at path itself damaged (not a new one
+    another process has just put there)?"""
+    try:
+        con = sqlite3.connect(str(path), timeout=10)
+        try:
+            return con.execute("PRAGMA quick_check").fetchall() != [("ok",)]
+        finally:
+            con.close()
+    except sqlite3.DatabaseError as exc:
+        return _is_corrupt(exc)
+
+
+_PERMANENT = (
+    "readonly",
+    "read-only",
+    "disk is full",
+    "disk full",
+    "disk i/o error",  # SQLite could not write (a full disk, a file that may not grow)
+    "no space left",
+    "unable to open",
+    "not a database",
+    "malformed",
+    "database is locked",  # SQLite already waited its busy timeout (10 s)
+    "authentication failed",
+    "does not exist",
+)
+
+
 def _is_permanent(exc: Exception) -> bool:
-    """A failure that trying again will not mend (a read-only file, a full disk, a damaged file)."""
-    text = str(exc).lower()
-    return any(
-        s in text
-        for s in ("readonly", "read-only", "disk is full", "disk full", "unable to open", "not a database")
-    )
+    """A failure that trying again soon will not mend (a read-only file, a full disk, a damaged
+    file, a wrong password), or that the driver has already waited out."""
+    text = _message(exc)
+    return any(s in text for s in _PERMANENT)
 
 
-def _explain(exc: Exception | None) -> str:
+def _explain(exc: BaseException | None) -> str:
     """What went wrong, in words for a visitor: no paths, no SQL, no stack."""
-    text = str(exc).lower() if exc else ""
-    if "readonly" in text or "read-only" in text or "unable to open" in text:
-        return "the database file cannot be written (a read-only folder?)"
-    if "full" in text:
+    if exc is not None and _is_alembic(exc):
+        if "can't locate revision" in str(exc).lower():
+            return "the database was made by a newer version of this app"
+        return "the database's tables could not be set up"
+    if isinstance(exc, OSError):
+        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            return "the disk holding the database is full"
+        if exc.errno in (errno.EEXIST, errno.ENOTDIR):
+            return "the data folder cannot be made (a file is in its place)"
+        if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+            return "the data folder cannot be written (a read-only folder?)"
+        return "the data folder cannot be used"
+    text = _message(exc)
+    if "readonly" in text or "read-only" in text:
+        return "the database file cannot be written (a read-only folder or disk?)"
+    if "unable to open" in text:
+        return "the database file cannot be opened or made (a read-only folder?)"
+    if "full" in text or "no space left" in text:
         return "the disk holding the database is full"
+    if "disk i/o error" in text:
+        return "the database file could not be written (a full or failing disk?)"
     if "malformed" in text or "not a database" in text:
         return "the database file is damaged"
-    if "connect" in text or "connection" in text or "server" in text or "timeout" in text:
+    if "database is locked" in text:
+        return "the database is busy: another program is holding it"
+    if "authentication failed" in text or "password" in text:
+        return "the database refused the app's login"
+    if "does not exist" in text:
+        return "the database named in the app's settings does not exist"
+    if any(w in text for w in ("connect", "server", "timeout", "terminat", "shutdown")):
         return "the database server does not answer"
     return "the database reported an error"
