@@ -96,8 +96,8 @@ def footer(message: Message) -> None:
         bits.append(f"{trace.decode_tokens_per_s:.1f} tokens/s")
     if trace.ttft_s is not None:
         bits.append(f"first token after {trace.ttft_s:.2f} s")
-    if trace.finish_reason == "stopped":
-        bits.append("stopped by you")
+    if trace.finish_reason == "stopped":  # by the Stop button, or cut off by a restart (its notice)
+        bits.append("cut off" if persist.CUT_OFF in trace.notices else "stopped by you")
     elif trace.finish_reason == "length":
         bits.append("hit the token limit")
     if message.alternatives:
@@ -220,7 +220,10 @@ if text is not None:
 
 if st.session_state.get(PENDING) and history[-1].role == "user":
     st.session_state[PENDING] = False
+    unsaved = persist.conversation_id() is None
     generate_reply(st.session_state.pop("chat.previous_take", None))
+    if unsaved and persist.conversation_id() is not None:
+        st.rerun()  # this reply created the conversation: the sidebar, drawn before, now lists it
 
 controls = st.columns(3)
 can_regenerate = len(history) > 1 and history[-1].role == "assistant" and not readonly

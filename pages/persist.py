@@ -43,6 +43,7 @@ FLASH = "conv.flash"  # a message for the next run ("this conversation does not 
 KV = "chat.kv"
 RETRY_AFTER = 15.0  # seconds: after a failed save, try again at most this often
 GONE = "This conversation does not exist or is no longer shared. Here is a new chat instead."
+CUT_OFF = "This reply was cut off (the app restarted or the tab closed)."  # a reply's notice
 
 
 @dataclass(frozen=True)
@@ -120,6 +121,7 @@ def open_from_url() -> None:
     if wanted is None:
         if current is not None:
             st.query_params["c"] = current
+            _follow_other_tabs(current)  # a menu switch is a rerun too
         return
     if wanted == current:
         _follow_other_tabs(current)
@@ -169,7 +171,8 @@ def load(cid: str) -> bool:
                 and take.trace.trace_id not in RUNNING
             ):
                 take.trace.finish_reason = "stopped"  # cut off by a restart or a closed tab
-                take.trace.notices.append("This reply was cut off (the app restarted or the tab closed).")
+                if CUT_OFF not in take.trace.notices:
+                    take.trace.notices.append(CUT_OFF)
     history[:] = loaded  # in place: pages hold references to this list
     st.session_state[CID] = stored.id
     st.session_state[VERSION] = stored.version
