@@ -18,6 +18,7 @@ PAGES = [
     ("pages/embeddings.py", "Embeddings", "🧭"),
     ("pages/attention.py", "Attention", "👀"),
     ("pages/walkthrough.py", "From prompt to reply", "🚶"),
+    ("pages/encoder_decoder.py", "Encoder vs decoder", "🔀"),
     ("pages/about.py", "How to read this app", "📖"),
 ]
 
