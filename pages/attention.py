@@ -7,11 +7,21 @@ import streamlit as st
 from core import html
 from core.charts import attention as charts
 from core.explain import attention as att
-from pages import common
+from pages import common, links
 
-VIEWS = ["Model view", "Head view", "Per-token view", "Turn view", "Head summary"]
+# URL name -> label. URL: ?reply=&layer=&head=&view=&step=&mode= (layer, head, step 0-based)
+VIEWS = {
+    "model": "Model view",
+    "head": "Head view",
+    "token": "Per-token view",
+    "turns": "Turn view",
+    "summary": "Head summary",
+}
+SLUGS = {label: name for name, label in VIEWS.items()}
 LAYER, HEAD, VIEW = "attention.layer", "attention.head", "attention.view"
+STEP, MODE = "attention.step", "attention.mode"  # the per-token view's step and whose attention
 CLICKED, CHART = "attention.clicked", "attention.model_view"
+ROW_KINDS = ["Rows that chose the reply's tokens", "Whole sequence"]
 MAX_ROWS, MAX_COLS, MAX_BARS = 48, 96, 120  # at most 4,608 cells per heatmap
 
 EXPLANATION = """
@@ -21,6 +31,11 @@ this page's numbers: each is between 0 and 1, and one token's weights add up to 
 
 **Reading a heatmap row.** A row is one token looking; each cell is how much of its attention
 went to the token in that column. Dark = a lot.
+
+**Which row chose a word.** The model picks a reply token from the vector at the position
+*before* it: the attention of `·is` chose `·Canberra`. So step 3 of a reply is the row of the
+token before reply token 3; rows are labelled `·is → ·Canberra`, the looking token first, then
+the token it chose. The first reply token was chosen by the last prompt token.
 
 **Why the upper triangle is empty.** The model writes left to right, so a token may only look
 at itself and earlier tokens (*causal masking*). Weights on later tokens are exactly 0.
@@ -41,6 +56,7 @@ st.caption(
     "For every token of a reply, how much each of the model's 270 attention heads looked at each "
     "earlier token. Click a head in the model view to open it."
 )
+link_slot = st.container()
 
 
 def apply_click() -> None:
@@ -53,19 +69,36 @@ def apply_click() -> None:
     if clicked != st.session_state.get(CLICKED):
         st.session_state[CLICKED] = clicked
         st.session_state[LAYER], st.session_state[HEAD] = clicked
-        st.session_state[VIEW] = "Head view"
+        st.session_state[VIEW] = VIEWS["head"]
+
+
+def follow_url(n_steps: int) -> None:
+    """Take the URL's layer, head, view, step and mode into the widgets (each wins once).
+
+    A link that names a step but no view (the candidates page's) opens the Per-token view.
+    """
+    links.url_value("layer", LAYER, int, range(lm.n_layers).__contains__)
+    links.url_value("head", HEAD, int, range(lm.n_heads).__contains__)
+    links.url_value("view", VIEW, VIEWS.get)
+    stepped = links.url_value("step", STEP, int, range(n_steps).__contains__)
+    if stepped and "view" not in st.query_params:
+        st.session_state[VIEW] = VIEWS["token"]
+    links.url_value("mode", MODE, valid=("head", "layer", "all").__contains__)
+    st.session_state.setdefault(LAYER, lm.n_layers // 2)
+    st.session_state.setdefault(HEAD, 0)
+    st.session_state.setdefault(VIEW, VIEWS["model"])
+    st.session_state.setdefault(MODE, "head")
+    # one step key for every reply (a reply switch keeps it, within the new reply's length)
+    st.session_state[STEP] = min(max(int(st.session_state.get(STEP, 0)), 0), n_steps - 1)
 
 
 def head_picker() -> tuple[int, int, str]:
-    st.session_state.setdefault(LAYER, lm.n_layers // 2)
-    st.session_state.setdefault(HEAD, 0)
-    st.session_state.setdefault(VIEW, VIEWS[0])
     a, b = st.columns(2)
     # numbered from 1 on the page, as the other pages number layers ("after layer 1")
     layer = a.selectbox("Layer", range(lm.n_layers), format_func=lambda i: str(i + 1), key=LAYER)
     head = b.selectbox("Head", range(lm.n_heads), format_func=lambda i: str(i + 1), key=HEAD)
-    view = st.segmented_control("View", VIEWS, key=VIEW, required=True)
-    return int(layer), int(head), view or VIEWS[0]
+    view = st.segmented_control("View", list(VIEWS.values()), key=VIEW, required=True)
+    return int(layer), int(head), view or VIEWS["model"]
 
 
 def window(n: int, size: int, label: str, key: str) -> range:
@@ -108,9 +141,7 @@ def whole_layer(ov: att.AttentionOverview, trace, layer: int):
 def head_view(ov: att.AttentionOverview, trace, reply_w, layer: int, head: int) -> None:
     P, T = ov.n_prompt, ov.n_tokens
     a, b = st.columns(2)
-    rows_kind = a.radio(
-        "Rows (queries)", ["Reply tokens", "Whole sequence"], horizontal=True, key="attention.rows"
-    )
+    rows_kind = a.radio("Rows (queries)", ROW_KINDS, horizontal=True, key="attention.rows")
     cols_kind = b.radio(
         "Columns (keys)",
         ["Tokens", "Grouped by turn"],
@@ -118,11 +149,13 @@ def head_view(ov: att.AttentionOverview, trace, reply_w, layer: int, head: int) 
         horizontal=True,
         key="attention.cols",
     )
-    first = P if rows_kind == "Reply tokens" else 0
-    shown = window(T - first, MAX_ROWS, f"Query rows (a window of {MAX_ROWS})", "attention.row_window")
+    steps_only = rows_kind == ROW_KINDS[0]
+    # step rows: P - 1 .. T - 2, each the row that chose the next (reply) token
+    first, n = (ov.position(0), ov.n_reply) if steps_only else (0, T)
+    shown = window(n, MAX_ROWS, f"Query rows (a window of {MAX_ROWS})", "attention.row_window")
     rows = range(first + shown.start, first + shown.stop)
-    # (rows from `first`, T): the reply's rows are at hand; the whole sequence needs every row
-    w = reply_w[head] if first == P else whole_layer(ov, trace, layer)[head]
+    # (rows from `first`, T): the step rows are at hand; the whole sequence needs every row
+    w = reply_w[head] if steps_only else whole_layer(ov, trace, layer)[head]
     title = f"Layer {layer + 1}, head {head + 1}"
     if cols_kind == "Tokens":
         cols = window(rows.stop, MAX_COLS, f"Key columns (a window of {MAX_COLS})", "attention.col_window")
@@ -133,42 +166,27 @@ def head_view(ov: att.AttentionOverview, trace, reply_w, layer: int, head: int) 
         chart = charts.group_heatmap(att.head_frame_by_group(w, ov, rows, first), title)
     st.altair_chart(chart, width="content")  # "stretch" would squeeze the rows under the labels
     st.caption(
+        "A row labelled `·is → ·Canberra` is the attention of ·is that chose ·Canberra, the next token. "
         "Hover a cell for the exact weight. Cells right of the diagonal are 0: a token cannot see later ones."
     )
 
 
-def follow_step_link(trace_id: str) -> None:
-    """A link naming a step (?step=, from the walkthrough) opens that token in the Per-token view.
-
-    The parameter is used up, so the view and step stay the reader's to change afterwards.
-    """
-    wanted = st.query_params.get("step")
-    if wanted is None:
-        return
-    del st.query_params["step"]
-    if wanted.isdigit():
-        st.session_state[VIEW] = "Per-token view"
-        st.session_state[f"attention.step.{trace_id}"] = int(wanted)
-
-
 def per_token_view(ov: att.AttentionOverview, reply_w, layer: int, head: int) -> None:
-    P, R = ov.n_prompt, ov.n_reply
-    key = f"attention.step.{ov.trace_id}"  # per reply: another reply may be shorter
-    if st.session_state.get(key) not in range(R):
-        st.session_state[key] = 0
+    R = ov.n_reply
     step = st.select_slider(
-        "Reply token", options=range(R), format_func=lambda s: f"{s + 1}: {ov.labels[P + s]}", key=key
+        "Step: the attention that chose reply token…",
+        options=range(R),
+        format_func=lambda s: f"{s + 1}: {ov.step_label(s)}",
+        key=STEP,
     )
     modes = {
         "head": f"Head {head + 1} of layer {layer + 1}",
         "layer": f"Mean of layer {layer + 1}'s heads",
         "all": "Mean over all layers and heads",
     }
-    mode = st.radio(
-        "Whose attention", list(modes), format_func=modes.get, horizontal=True, key="attention.mode"
-    )
+    mode = st.radio("Whose attention", list(modes), format_func=modes.get, horizontal=True, key=MODE)
     row = att.token_row(ov, step, None if mode == "all" else reply_w, head if mode == "head" else None)
-    pos = P + step
+    pos = ov.position(step)  # the token looking; reply token `step` (chosen) is at pos + 1
     skip_first = st.checkbox(
         "Scale colours without the first token (the attention sink)", value=True, key="attention.skip_first"
     )
@@ -179,11 +197,27 @@ def per_token_view(ov: att.AttentionOverview, reply_w, layer: int, head: int) ->
             title=f"position {i} · {ov.groups[ov.group_of[i]].name}\nweight {row[i]:.4f}",
             background=html.weight_colour(row[i], peak),
             css=("chosen",) if i == pos else (),
+            sub="looking" if i == pos else None,
         )
         for i in range(pos + 1)
     ]
+    items.append(  # the token this attention chose: not written yet, so nothing could look at it
+        html.Chip(
+            ov.labels[pos + 1],
+            title=f"position {pos + 1} · reply token {step + 1}, chosen from this attention's result",
+            sub="chosen",
+        )
+    )
     legend = [(html.weight_colour(f * peak, peak), f"{f * peak:.3f}") for f in (0.1, 0.4, 0.7, 1.0)]
-    st.markdown("What the outlined token looked at. Hover a token for its exact weight.")
+    st.html(
+        html.text_block(
+            f"Step {step + 1}: the attention of {ov.labels[pos]} → chose {ov.labels[pos + 1]}. The "
+            f"outlined token ({ov.labels[pos]}, position {pos}) is the last one the model had read; what "
+            f"its attention gathered from the tokens before it became the vector that chose "
+            f"{ov.labels[pos + 1]}, shown last and uncoloured: it was not written yet, so nothing looked at it."
+        )
+    )
+    st.caption("Hover a token for its exact weight.")
     st.html(html.chips(items, legend))
     st.dataframe(
         att.top_attended(ov, row),
@@ -204,14 +238,17 @@ def turn_view(ov: att.AttentionOverview, layer: int, head: int) -> None:
     frame = att.turn_frame(ov, None if scope == "all" else layer, head if scope == "head" else None)
     steps = window(ov.n_reply, MAX_BARS, f"Reply tokens (a window of {MAX_BARS})", "attention.bar_window")
     frame = frame[frame["step"].between(steps.start, steps.stop - 1)]
-    st.altair_chart(charts.turn_bars(frame, "Where each reply token's attention went"), width="content")
+    st.altair_chart(
+        charts.turn_bars(frame, "Where the attention that chose each reply token went"), width="content"
+    )
     st.caption("The template tokens include the very first token, where idle heads park their attention.")
 
 
 def head_summary(ov: att.AttentionOverview) -> None:
     stats = ov.stats
     st.markdown(
-        f"Averages over the reply's tokens. {int((stats.looks_like == 'sink head').sum())} sink heads and "
+        f"Averages over the rows that chose the reply's tokens. "
+        f"{int((stats.looks_like == 'sink head').sum())} sink heads and "
         f"{int((stats.looks_like == 'previous-token head').sum())} previous-token heads. Click a column to sort."
     )
     pct = st.column_config.NumberColumn
@@ -240,8 +277,12 @@ with main:
         st.info("This reply has no tokens yet, so there is no attention to show.")
         st.stop()
     apply_click()
-    follow_step_link(trace.trace_id)
+    follow_url(len(trace.steps))
     layer, head, view = head_picker()
+    links.set_url(
+        layer=layer, head=head, view=SLUGS[view], step=st.session_state[STEP], mode=st.session_state[MODE]
+    )
+    links.copy_link(link_slot)
     kv = st.session_state.get("chat.kv")  # the chat's keys and values: core only reads them
     try:
         if att.is_cached(trace, layer):

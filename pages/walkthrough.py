@@ -18,11 +18,10 @@ from core.sampling import sampling_probs, tokens_for_mass
 from core.settings import SamplingSettings
 from core.tokens import readable
 from core.trace import Trace
-from pages import common
+from pages import common, links
 
-STEP = "walkthrough.step"
-SHOWN = "walkthrough.trace"  # trace_id the step slider belongs to
-URL_STEP = "walkthrough.url_step"  # the ?step value this page last wrote
+STEP = "walkthrough.step"  # URL: ?reply=&step= (0-based)
+LAYER = "walkthrough.layer"  # stage 5: -1 = the average over all layers
 ROOT = Path(__file__).resolve().parent.parent
 ROLE_COLOURS = {"system": "#e2e8f0", "user": "#dbeafe", "assistant": "#fef3c7"}
 
@@ -32,30 +31,27 @@ def _walk_cache() -> BoundedCache:
     return BoundedCache(8)  # (trace_id, step) -> StepWalk, about 0.3 MB each at 200 tokens
 
 
-def link(page: str, label: str, trace: Trace, step: int) -> None:
+def link(page: str, label: str, trace: Trace, step: int, **more: object) -> None:
     """A link to another explanation page for the same reply and step, once that page exists."""
     if (ROOT / page).is_file():
-        st.page_link(page, label=label, icon="➡️", query_params={"reply": trace.trace_id, "step": step})
+        links.page_link(page, label, "➡️", reply=trace.trace_id, step=step, **more)
 
 
 def step_picker(trace: Trace, tokenizer) -> int:
-    """Which step to walk: ?step=<n> (0-based) when the URL brings a new one, else the last choice."""
+    """Which step to walk: ?step=<n> (0-based) when a link brings one, else the reader's choice."""
     n = len(trace.steps)
-    url = st.query_params.get("step")
-    fresh_url = url is not None and url != st.session_state.get(URL_STEP)
-    if fresh_url or st.session_state.get(SHOWN) != trace.trace_id or st.session_state.get(STEP, n) >= n:
-        wanted = int(url) if fresh_url and url.isdigit() else 0
-        st.session_state[STEP] = min(wanted, n - 1)
-        st.session_state[SHOWN] = trace.trace_id
-    if n == 1:
-        return 0
-    step = st.select_slider(
-        f"Step: which of the reply's {n} tokens to follow",
-        options=list(range(n)),
-        format_func=lambda i: f"{i + 1}: {readable(tokenizer, trace.steps[i].token_id)}",
-        key=STEP,
-    )
-    st.query_params["step"] = st.session_state[URL_STEP] = str(step)
+    links.url_value("step", STEP, int, range(n).__contains__)
+    # one key for every reply: a reply switch keeps the step, within the new reply's length
+    st.session_state[STEP] = min(max(int(st.session_state.get(STEP, 0)), 0), n - 1)
+    if n > 1:
+        st.select_slider(
+            f"Step: which of the reply's {n} tokens to follow",
+            options=list(range(n)),
+            format_func=lambda i: f"{i + 1}: {readable(tokenizer, trace.steps[i].token_id)}",
+            key=STEP,
+        )
+    step = int(st.session_state[STEP])
+    links.set_url(step=step)
     return step
 
 
@@ -94,6 +90,7 @@ st.markdown(
     "Follow **one token** of a real reply from your prompt to the model's choice, in nine stages. "
     "Every number below comes from the model itself, computed for the step you pick."
 )
+link_slot = st.container()
 ref = common.reply_picker("walkthrough.reply")
 if ref is None:
     st.stop()
@@ -102,11 +99,13 @@ if not trace.steps or not trace.steps[0].top_ids:
     st.info("This reply has no recorded steps to walk through. Pick another reply.")
     st.stop()
 step = step_picker(trace, lm.tokenizer)
+links.copy_link(link_slot)
 chosen = trace.steps[step]
 with st.spinner("Running the model over the context (about a second)…"):
     walk = _walk_cache().get_or_compute((trace.trace_id, step), lambda: wt.walk_step(lm, trace, step))
 context = wt.context_tokens(lm, trace, step)
 last = readable(lm.tokenizer, walk.last_id)
+picked = readable(lm.tokenizer, chosen.token_id)
 T = len(walk.context)
 
 with stage(
@@ -169,19 +168,24 @@ with stage(
         "The last point is after the final normalisation, which rescales the vector: its length "
         "drops, and the cosine is measured after that normalisation at every layer."
     )
-    link("pages/attention.py", "See this token's attention, head by head", trace, step)
 
 with stage(
     5,
     "Attention at this step",
     "Attention is how the current position gathers information from earlier tokens. Darker blue "
-    "marks the tokens it attended to most, averaged over all heads.",
+    "marks the tokens it attended to most, averaged over all heads. This is the attention that "
+    "chose the step's token: the current position is the token *before* it.",
 ):
+    st.html(
+        html.text_block(
+            f"The attention of {last} (position {walk.position}) → chose {picked} (reply token {step + 1})."
+        )
+    )
     layer = st.selectbox(
         "Layer",
         [-1, *range(lm.n_layers)],
         format_func=lambda i: "all layers (average)" if i < 0 else f"layer {i + 1}",
-        key="walkthrough.layer",
+        key=LAYER,
     )
     att = wt.attention_table(lm, walk, None if layer < 0 else layer)
     weights = att["weight"].to_numpy()
@@ -196,6 +200,16 @@ with stage(
         top,
         hide_index=True,
         column_config={"weight": st.column_config.ProgressColumn("attention", format="percent")},
+    )
+    # the same row on the attention page: its Per-token view at this step, averaged the same way
+    shown = {"mode": "all"} if layer < 0 else {"mode": "layer", "layer": layer}
+    link(
+        "pages/attention.py",
+        f"See the attention of {last} → {picked}, head by head",
+        trace,
+        step,
+        view="token",
+        **shown,
     )
 
 tied = bool(getattr(lm.model.config, "tie_word_embeddings", False))
@@ -238,7 +252,7 @@ with stage(
     f"This reply used: {choices['how'].iloc[-1]}.",
 ):
     a, b, c = st.columns(3)
-    a.metric("Chosen token", readable(lm.tokenizer, chosen.token_id))
+    a.metric("Chosen token", picked)
     b.metric("Probability (temperature 1)", f"{chosen.prob:.1%}")
     c.metric("Rank", chosen.rank)
     st.dataframe(

@@ -145,15 +145,16 @@ def test_turn_grouping_sums_to_one_per_row(lm, greedy_trace, overview, weights):
     assert overview.grouped.shape == (lm.n_layers, lm.n_heads, R, len(overview.groups))
     np.testing.assert_allclose(overview.grouped.sum(-1), 1.0, atol=1e-5)
     P = overview.n_prompt
-    # The grouped sums are the layer's own weights summed over each group's columns.
+    # The grouped sums are the layer's own step rows (P - 1 .. T - 2) summed over each group's columns.
     direct = np.stack(
-        [weights[:, P:, overview.group_of == g].sum(-1) for g in range(len(overview.groups))], -1
+        [weights[:, P - 1 : -1, overview.group_of == g].sum(-1) for g in range(len(overview.groups))], -1
     )
     np.testing.assert_allclose(overview.grouped[LAYER], direct, atol=1e-5)
     turns = att.turn_frame(overview)
     np.testing.assert_allclose(turns.groupby("step")["share"].sum(), 1.0, atol=1e-5)
     assert set(turns["category"]) == set(att.CATEGORIES)
-    assert turns["token"].iloc[0] == f"1 {overview.labels[P]}"  # the reply's first step is step 1
+    # step 1 is the last prompt token's attention, which chose the reply's first token
+    assert turns["token"].iloc[0] == f"1 {overview.labels[P - 1]} → {overview.labels[P]}"
     by_group = att.head_frame_by_group(weights[2], overview, range(overview.n_tokens))
     np.testing.assert_allclose(by_group.groupby("query")["weight"].sum(), 1.0, atol=1e-5)
 
@@ -163,11 +164,11 @@ def test_head_statistics_match_the_layer_weights(overview, weights):
     R = overview.n_reply
     stats = overview.stats.set_index(["layer", "head"])
     for h in range(weights.shape[0]):
-        reply = weights[h, P:]  # (R, T)
+        reply = weights[h, P - 1 : -1]  # (R, T): the step rows
         row = stats.loc[(LAYER, h)]
         assert row["first_token"] == pytest.approx(reply[:, 0].mean(), abs=1e-5)
         assert row["previous_token"] == pytest.approx(
-            reply[np.arange(R), P - 1 + np.arange(R)].mean(), abs=1e-5
+            reply[np.arange(R), P - 2 + np.arange(R)].mean(), abs=1e-5
         )
         ent = -(reply * np.log2(np.clip(reply, 1e-30, None))).sum(-1).mean()
         assert row["entropy_bits"] == pytest.approx(ent, abs=1e-3)
@@ -179,8 +180,9 @@ def test_summaries_are_valid_and_bounded(overview):
     np.testing.assert_allclose(overview.thumbs.sum(-1), 1.0, atol=1e-5)  # block rows share 1
     np.testing.assert_allclose(overview.reply_mean.sum(-1), 1.0, atol=1e-5)
     P = overview.n_prompt
-    for s in range(overview.n_reply):
-        assert overview.reply_mean[s, P + s + 1 :].max(initial=0.0) == 0.0
+    for s in range(overview.n_reply):  # step s is row P + s - 1: nothing after it
+        assert overview.reply_mean[s, P + s :].max(initial=0.0) == 0.0
+        assert overview.reply_mean[s, P + s - 1] > 0.0
     frame = att.model_view_frame(overview)
     assert len(frame) <= 10_000  # the cells sent to the browser for the model view
     assert frame["relative"].max() == pytest.approx(1.0)
@@ -188,11 +190,13 @@ def test_summaries_are_valid_and_bounded(overview):
 
 def test_token_row_and_top_attended(lm, greedy_trace, overview, weights):
     reply_w = att.reply_weights(lm, greedy_trace, LAYER)  # (H, R, T), sliced from the kept layer
-    np.testing.assert_array_equal(reply_w, weights[:, overview.n_prompt :])
+    P = overview.n_prompt
+    np.testing.assert_array_equal(reply_w, weights[:, P - 1 : -1])
+    assert overview.position(1) == P  # step 1 (the second reply token) was chosen by row P
     row = att.token_row(overview, 1, reply_w, head=4)
-    np.testing.assert_array_equal(row, weights[4, overview.n_prompt + 1])
+    np.testing.assert_array_equal(row, weights[4, P])
     mean = att.token_row(overview, 1, reply_w)
-    np.testing.assert_allclose(mean, weights[:, overview.n_prompt + 1].mean(0))
+    np.testing.assert_allclose(mean, weights[:, P].mean(0))
     top = att.top_attended(overview, row, n=5)
     assert list(top["weight"]) == sorted(top["weight"], reverse=True)
     assert top["weight"].iloc[0] == pytest.approx(row.max())
@@ -207,13 +211,15 @@ def test_results_are_cached_per_reply(lm, greedy_trace, overview):
 
 def test_head_frames_read_reply_rows_at_their_positions(lm, greedy_trace, overview, weights):
     P, T = overview.n_prompt, overview.n_tokens
-    reply_w = weights[:, P:]  # (H, R, T): row i is position P + i
-    rows, cols = range(P, T), range(T)
+    reply_w = weights[:, P - 1 : -1]  # (H, R, T): row i is position P - 1 + i
+    rows, cols = range(P - 1, T - 1), range(T)
     whole = att.head_frame(weights[3], overview.labels, rows, cols, P)
-    reply = att.head_frame(reply_w[3], overview.labels, rows, cols, P, first=P)
+    reply = att.head_frame(reply_w[3], overview.labels, rows, cols, P, first=P - 1)
     pd.testing.assert_frame_equal(whole, reply)
+    labels = overview.labels
+    assert whole["query_token"].iloc[0] == f"{P - 1} {labels[P - 1]} → {labels[P]}"  # the looking token first
     whole = att.head_frame_by_group(weights[3], overview, rows)
-    reply = att.head_frame_by_group(reply_w[3], overview, rows, first=P)
+    reply = att.head_frame_by_group(reply_w[3], overview, rows, first=P - 1)
     pd.testing.assert_frame_equal(whole, reply)
 
 
@@ -255,11 +261,11 @@ def _assert_unchanged(kv: SessionKV, snap: tuple) -> None:
 
 
 def _assert_valid_reply_rows(rows: np.ndarray, P: int) -> None:
-    """(H, R, T): each row sums to 1 and is exactly 0 after its own position P + r."""
+    """(H, R, T): each row sums to 1 and is exactly 0 after its own position P + r - 1."""
     np.testing.assert_allclose(rows.sum(-1), 1.0, atol=1e-5)
     assert np.all(rows >= 0)
     for r in range(rows.shape[1]):
-        assert rows[:, r, P + r + 1 :].max(initial=0.0) == 0.0
+        assert rows[:, r, P + r :].max(initial=0.0) == 0.0
 
 
 def _assert_same_overview(ov: att.AttentionOverview, ref: att.AttentionOverview) -> None:
@@ -285,10 +291,14 @@ def test_rows_pass_over_the_session_kv_equals_the_eager_weights(lm, chat, turn):
     _assert_unchanged(kv, snap)
     assert ov.method == "kv"
     _assert_same_overview(ov, att.compute_overview(lm, trace, method="eager"))
-    np.testing.assert_allclose(rows, att.compute_layer(lm, trace, 20, method="eager")[:, P:], atol=1e-4)
+    np.testing.assert_allclose(
+        rows, att.compute_layer(lm, trace, 20, method="eager")[:, P - 1 : -1], atol=1e-4
+    )
     _assert_valid_reply_rows(rows, P)
     kept = att._REPLY_ROWS.get_or_compute(att._reply_key(trace, LAYER), lambda: None)
-    np.testing.assert_allclose(kept, att.compute_layer(lm, trace, LAYER, method="eager")[:, P:], atol=1e-4)
+    np.testing.assert_allclose(
+        kept, att.compute_layer(lm, trace, LAYER, method="eager")[:, P - 1 : -1], atol=1e-4
+    )
 
 
 def test_rows_pass_computes_only_the_rows_asked_for_with_a_causal_mask_over_the_cache(lm, chat):
@@ -330,7 +340,7 @@ def test_an_alternative_reply_reads_its_tokens_as_an_uncached_extension(lm, chat
     _assert_unchanged(kv, snap)
     assert ov.method == "kv"
     _assert_same_overview(ov, att.compute_overview(lm, alt, method="eager"))
-    np.testing.assert_allclose(rows, att.compute_layer(lm, alt, 29, method="eager")[:, P:], atol=1e-4)
+    np.testing.assert_allclose(rows, att.compute_layer(lm, alt, 29, method="eager")[:, P - 1 : -1], atol=1e-4)
     _assert_valid_reply_rows(rows, P)
 
 
@@ -338,7 +348,7 @@ def test_without_a_usable_kv_the_full_pass_runs_unchanged(lm, chat):
     kv, _, second = chat
     att.clear_caches()  # the fallback slices a cached whole layer when there is one
     P = len(second.prompt_ids)
-    reference = att.compute_layer(lm, second, LAYER, method="eager")[:, P:]
+    reference = att.compute_layer(lm, second, LAYER, method="eager")[:, P - 1 : -1]
     other = SessionKV()  # another conversation: only the first few template tokens agree
     _chat_turn(
         lm,
@@ -376,5 +386,28 @@ def test_the_page_entry_points_use_the_kv_and_cache_bounded_pieces(lm, chat):
     assert att._REPLY_ROWS.max_bytes and att._LAYERS.max_bytes
     reply = att.reply_weights(lm, second, LAYER)
     assert reply.shape == (lm.n_heads, len(second.steps), T)
-    np.testing.assert_array_equal(reply, att.layer_weights(lm, second, LAYER)[:, len(second.prompt_ids) :])
+    P = len(second.prompt_ids)
+    np.testing.assert_array_equal(reply, att.layer_weights(lm, second, LAYER)[:, P - 1 : -1])
     att.clear_caches()
+
+
+@pytest.mark.parametrize("step", [0, 1, 4])
+def test_step_s_is_the_row_that_chose_reply_token_s_as_in_the_walkthrough(lm, greedy_trace, overview, step):
+    """Issue 18: step s is the attention of the token BEFORE reply token s, on every view.
+
+    The walkthrough's step s reads the context up to that token and takes the last row's
+    attention; the attention page's step s must show that same row, not the one after it.
+    """
+    from core.explain import walkthrough as wt
+
+    P = overview.n_prompt
+    walk = wt.walk_step(lm, greedy_trace, step)
+    assert walk.position == overview.position(step) == att.step_position(P, step) == P + step - 1
+    labels = overview.labels
+    assert overview.step_label(step) == f"{labels[P + step - 1]} → {labels[P + step]}"
+    n = len(walk.context)  # the walkthrough's context ends at the looking token
+    everything = att.token_row(overview, step)  # (T,): the mean over every layer and head
+    np.testing.assert_allclose(everything[:n], walk.attention.mean(axis=(0, 1)), atol=1e-5)
+    assert everything[n:].max(initial=0.0) == 0.0
+    one_layer = att.token_row(overview, step, att.reply_weights(lm, greedy_trace, LAYER))
+    np.testing.assert_allclose(one_layer[:n], walk.attention[LAYER].mean(axis=0), atol=1e-5)

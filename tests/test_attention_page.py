@@ -75,7 +75,7 @@ def test_a_click_on_the_model_view_opens_that_head(chatted):
     assert at.segmented_control(key="attention.view").value == "Head view"
 
 
-def test_head_view_is_a_heatmap_of_the_reply_rows_with_exact_weights(chatted):
+def test_head_view_is_a_heatmap_of_the_rows_that_chose_the_reply(lm, chatted):
     at = chatted
     at.segmented_control(key="attention.view").set_value("Head view").run()
     at.selectbox(key="attention.layer").set_value(3).run()
@@ -86,8 +86,11 @@ def test_head_view_is_a_heatmap_of_the_reply_rows_with_exact_weights(chatted):
     (spec, data), *_ = charts(at)
     assert spec["title"] == "Layer 4, head 6"  # indices 3 and 5, numbered from 1 on the page
     assert spec["mark"]["type"] == "rect"
-    assert sorted(data["query"].unique()) == list(range(P, T))  # reply rows only
-    assert data["key"].max() == T - 1
+    assert sorted(data["query"].unique()) == list(range(P - 1, T - 1))  # the rows that chose reply tokens
+    shown = data.drop_duplicates("query").set_index("query")["query_token"]
+    labels = att.overview(lm, trace).labels
+    assert shown[P - 1] == f"{P - 1} {labels[P - 1]} → {labels[P]}"  # looking token, then the one it chose
+    assert data["key"].max() == T - 2  # the last row's own position
     assert (data.loc[data["key"] > data["query"], "weight"] == 0).all()
     assert data.groupby("query")["weight"].sum().round(5).eq(1.0).all()
     assert "weight" in {t["field"] for t in spec["encoding"]["tooltip"]}
@@ -104,7 +107,7 @@ def test_per_token_view_colours_the_context(chatted):
     at = chatted
     at.segmented_control(key="attention.view").set_value("Per-token view").run()
     assert not at.exception
-    at.select_slider(key=f"attention.step.{reply_trace(at).trace_id}").set_value(2).run()
+    at.select_slider(key="attention.step").set_value(2).run()
     for mode in ("head", "layer", "all"):
         at.radio(key="attention.mode").set_value(mode).run()
         assert not at.exception
@@ -152,16 +155,68 @@ def test_without_a_reply_the_page_says_what_to_do():
     assert any("no reply to explain" in i.value for i in at.info)
 
 
+def _param(at: AppTest, name: str):
+    value = at.query_params.get(name)
+    return value[-1] if isinstance(value, list) else value
+
+
 def test_a_link_naming_a_step_opens_that_token_once(chatted):
-    """The walkthrough's link (?reply=&step=) opens the Per-token view at that step."""
+    """A link with ?reply=&step= and no view opens the Per-token view at that step, once."""
     at = chatted
     trace = reply_trace(at)
+    at.query_params.clear()
     at.query_params["reply"] = trace.trace_id
     at.query_params["step"] = "1"
     at.run()
     assert not at.exception
     assert at.segmented_control(key="attention.view").value == "Per-token view"
-    assert at.select_slider(key=f"attention.step.{trace.trace_id}").value == 1
-    assert "step" not in at.query_params  # used up: the reader's later choices stand
+    assert at.select_slider(key="attention.step").value == 1
+    assert _param(at, "step") == "1" and _param(at, "view") == "token"  # the address bar names the view
     at.segmented_control(key="attention.view").set_value("Turn view").run()
-    assert at.segmented_control(key="attention.view").value == "Turn view"
+    assert at.segmented_control(key="attention.view").value == "Turn view"  # the reader's choice stands
+    assert _param(at, "view") == "turns"
+
+
+def test_the_url_names_layer_head_view_step_and_mode(lm, chatted):
+    at = chatted
+    trace = reply_trace(at)
+    at.query_params.clear()
+    for name, value in {
+        "reply": trace.trace_id,
+        "layer": "2",
+        "head": "7",
+        "view": "token",
+        "step": "3",
+    }.items():
+        at.query_params[name] = value
+    at.query_params["mode"] = "layer"
+    at.query_params["keep"] = "me"  # a parameter the page does not know (the conversation id `c`)
+    at.run()
+    assert not at.exception
+    assert at.selectbox(key="attention.layer").value == 2  # 0-based in the URL, "3" on the page
+    assert at.selectbox(key="attention.head").value == 7
+    assert at.segmented_control(key="attention.view").value == "Per-token view"
+    assert at.select_slider(key="attention.step").value == 3
+    assert at.radio(key="attention.mode").value == "layer"
+    assert _param(at, "keep") == "me"
+    (code,) = [c for c in at.get("code")]
+    url = code.proto.code_text
+    for part in (
+        f"reply={trace.trace_id}",
+        "layer=2",
+        "head=7",
+        "view=token",
+        "step=3",
+        "mode=layer",
+        "keep=me",
+    ):
+        assert part in url
+    # out of range or unknown values are ignored, and the page still draws
+    at.query_params["layer"] = str(lm.n_layers)
+    at.query_params["view"] = "nonsense"
+    at.query_params["step"] = "-1"
+    at.run()
+    assert not at.exception
+    assert at.selectbox(key="attention.layer").value == 2
+    assert at.segmented_control(key="attention.view").value == "Per-token view"
+    assert _param(at, "layer") == "2"  # written back: the address bar shows what the page shows

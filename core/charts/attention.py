@@ -20,6 +20,8 @@ PAD = alt.AutoSizeParams(type="pad", contains="padding")
 PLOT_WIDTH = 540  # px for a heatmap's cells, so labels and legend fit beside the explanation column
 WEIGHT_SCALE = alt.Scale(scheme="blues", domain=[0, 1])
 CATEGORY_COLOURS = ["#64748b", "#a78bfa", "#2563eb", "#cbd5e1", "#16a34a"]  # same order as CATEGORIES
+# a step row is labelled "41 ·is → ·Canberra": the attention of ·is, which chose ·Canberra
+QUERY_TITLE = "query: the token looking (→ the token it chose)"
 
 
 def model_view(frame: pd.DataFrame, chosen: tuple[int, int] | None = None, cell: int = 4) -> alt.Chart:
@@ -101,7 +103,7 @@ def head_heatmap(frame: pd.DataFrame, title: str, cell: int = 14) -> alt.Chart:
                 title="key: the token looked at",
                 axis=_token_axis(-70, every_label=_fit(len(cols), cell) >= 11 * len(cols)),
             ),
-            y=alt.Y("query_token:N", sort=rows, title="query: the token looking", axis=_token_axis(0)),
+            y=alt.Y("query_token:N", sort=rows, title=QUERY_TITLE, axis=_token_axis(0)),
             color=alt.Color("weight:Q", scale=WEIGHT_SCALE, title="weight"),
             tooltip=[
                 alt.Tooltip("query_token:N", title="query"),
@@ -122,7 +124,7 @@ def group_heatmap(frame: pd.DataFrame, title: str, cell: int = 12) -> alt.Chart:
         .mark_rect()
         .encode(
             x=alt.X("group_name:N", sort=cols, title="key: summed per turn", axis=_token_axis(-30, 220)),
-            y=alt.Y("query_token:N", sort=rows, title="query: the token looking", axis=_token_axis(0)),
+            y=alt.Y("query_token:N", sort=rows, title=QUERY_TITLE, axis=_token_axis(0)),
             color=alt.Color("weight:Q", scale=WEIGHT_SCALE, title="weight"),
             tooltip=[
                 alt.Tooltip("query_token:N", title="query"),
@@ -135,7 +137,7 @@ def group_heatmap(frame: pd.DataFrame, title: str, cell: int = 12) -> alt.Chart:
 
 
 def turn_bars(frame: pd.DataFrame, title: str) -> alt.Chart:
-    """A stacked bar per reply token: how its attention splits across the conversation."""
+    """A stacked bar per step: how the attention that chose its token splits across the conversation."""
     tokens = frame.drop_duplicates("step").sort_values("step")["token"].tolist()
     return (
         alt.Chart(frame, title=title)
@@ -144,7 +146,7 @@ def turn_bars(frame: pd.DataFrame, title: str) -> alt.Chart:
             x=alt.X(
                 "token:N",
                 sort=tokens,
-                title="reply token",
+                title="step: the token looking → the reply token it chose",
                 axis=_token_axis(-70, every_label=_fit(len(tokens), 16) >= 11 * len(tokens)),
             ),
             y=alt.Y("share:Q", stack="normalize", title="share of attention", axis=alt.Axis(format="%")),
@@ -156,7 +158,7 @@ def turn_bars(frame: pd.DataFrame, title: str) -> alt.Chart:
             ),
             order=alt.Order("order:Q"),
             tooltip=[
-                alt.Tooltip("token:N", title="reply token"),
+                alt.Tooltip("token:N", title="step"),
                 alt.Tooltip("category:N", title="went to"),
                 alt.Tooltip("share:Q", format=".2%"),
             ],

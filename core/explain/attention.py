@@ -7,16 +7,22 @@ fast sdpa attention (which never materialises weights); a pre-hook on each atten
 recomputes softmax(q·kᵀ/√d) from the block's own projections, with rotary positions and the
 causal mask, for just the query rows the page needs, and reduces them at once:
 
-- head statistics over the reply's rows (entropy, sink, previous token, current question);
-- the reply rows' attention summed by column group (each message's text, template tokens,
+- head statistics over the step rows (entropy, sink, previous token, current question);
+- the step rows' attention summed by column group (each message's text, template tokens,
   the reply itself): (layers, heads, reply, groups);
 - a small thumbnail of each head for the model view, from a fixed sample of query rows per
   row block: (layers, heads, k, k);
-- the reply rows averaged over every layer and head: (reply, T);
-- and the reply's rows of ONE layer, for the head and per-token views: (heads, R, T).
+- the step rows averaged over every layer and head: (reply, T);
+- and the step rows of ONE layer, for the head and per-token views: (heads, R, T).
+
+Step rows. Step s of a reply (0-based) is the choice of reply token s. The attention that
+made it is the query row of the position BEFORE that token: position P + s - 1 (P = prompt
+length; for step 0 the last prompt token). The row at token s's own position chose token
+s + 1. So "step s" means row P + s - 1 everywhere: here, in core.explain.walkthrough (whose
+context for step s ends at that position), on every page and in every link between them.
 
 After chatting there is a cheaper way (kv_rows_pass): the chat's SessionKV already holds
-every token's keys and values, so only the rows above (the reply's, and the sampled rows of
+every token's keys and values, so only the rows above (the step rows, and the sampled rows of
 the thumbnails) go through the layers, each with a causal mask over the cached keys: about
 0.4 s instead of a whole 3.5 s pass at T = 2,000. The session's cache is only read; tokens it
 lacks (the reply's last one, or a whole other take) get keys and values in scratch tensors.
@@ -81,9 +87,9 @@ class AttentionOverview:
     labels: list[str]  # (T,) readable token text
     groups: list[Group]  # (G,)
     group_of: np.ndarray  # (T,) index into groups for each position
-    grouped: np.ndarray  # (layers, heads, R, G) reply rows' attention summed per group
+    grouped: np.ndarray  # (layers, heads, R, G) step rows' attention summed per group
     thumbs: np.ndarray  # (layers, heads, k, k) share of a row block's attention per key block
-    reply_mean: np.ndarray  # (R, T) reply rows averaged over every layer and head
+    reply_mean: np.ndarray  # (R, T) step rows averaged over every layer and head; row s = P + s - 1
     stats: pd.DataFrame  # one row per (layer, head)
     seconds: float  # how long the pass took
     method: str  # "kv" (rows pass over the chat's KV cache), "hooks" (sdpa + recomputed rows) or "eager"
@@ -95,6 +101,33 @@ class AttentionOverview:
     @property
     def n_reply(self) -> int:
         return self.n_tokens - self.n_prompt
+
+    def position(self, step: int) -> int:
+        """The query position whose attention chose reply token `step`: P + step - 1."""
+        return step_position(self.n_prompt, step)
+
+    def step_label(self, step: int) -> str:
+        """'·is → ·Canberra': the token whose attention it is, then the token it chose."""
+        return chooser_label(self.labels, self.n_prompt, step)
+
+
+def step_position(n_prompt: int, step: int) -> int:
+    """The query row that chose reply token `step` (0-based): the position just before it.
+
+    12 prompt tokens, step 0 -> 11 (the last prompt token chose the first reply token).
+    """
+    return n_prompt + step - 1
+
+
+def step_rows(n_prompt: int, n_tokens: int) -> torch.Tensor:
+    """The step rows of a reply, in step order: positions P - 1 .. T - 2 (LongTensor, (R,))."""
+    return torch.arange(step_position(n_prompt, 0), n_tokens - 1)
+
+
+def chooser_label(labels: list[str], n_prompt: int, step: int) -> str:
+    """'·is → ·Canberra' for a step: the looking token, an arrow, the token it chose."""
+    pos = step_position(n_prompt, step)
+    return f"{labels[pos]} → {labels[pos + 1]}"
 
 
 # -- column groups ---------------------------------------------------------------------
@@ -439,7 +472,7 @@ def compute_overview(
     block_avg = torch.zeros(k, len(sample))  # (k, S): mean over a block's sampled rows
     block_avg[sample_block, torch.arange(len(sample))] = 1.0
     block_avg /= block_avg.sum(1, keepdim=True)
-    reply_rows = torch.arange(P, T)
+    reply_rows = step_rows(P, T)  # (R,): row s chose reply token s
     needed = torch.cat([reply_rows, sample])
     everything = torch.arange(T)
     current = [g for g, grp in enumerate(groups) if grp.category == "Current question"]
@@ -462,7 +495,7 @@ def compute_overview(
         entropy = -(reply * torch.log2(reply.clamp_min(1e-30))).sum(-1)  # (H, R)
         stat[layer, :, 0] = entropy.mean(-1).numpy()
         stat[layer, :, 1] = reply[:, :, 0].mean(-1).numpy()
-        stat[layer, :, 2] = reply[:, steps, P - 1 + steps].mean(-1).numpy()
+        stat[layer, :, 2] = reply[:, steps, (reply_rows - 1).clamp_min(0)].mean(-1).numpy()
         stat[layer, :, 3] = by_group[:, :, current].sum(-1).mean(-1).numpy() if current else 0.0
         if layer == keep_layer:
             # every row in order (a full pass), else the reply's rows; nothing writes to them later
@@ -537,14 +570,14 @@ def compute_layer(lm: LoadedModel, trace: Trace, layer: int, method: str = "auto
 
 
 def compute_reply_rows(lm: LoadedModel, trace: Trace, layer: int, kv: SessionKV | None = None) -> np.ndarray:
-    """The reply's rows of one layer: (heads, R, T), zero after each row's own position.
+    """The step rows of one layer: (heads, R, T), row s at position P + s - 1, zero after it.
 
     A rows pass over kv that stops after `layer` when kv covers the context; otherwise the
     whole layer (then cached too, for the whole-sequence head view), sliced.
     """
     _check_layer(lm, layer)
     ids, P = trace.full_ids, len(trace.prompt_ids)
-    reply_rows = torch.arange(P, len(ids))
+    reply_rows = step_rows(P, len(ids))
     kept: list[np.ndarray] = []
 
     def on_layer(i: int, rows: torch.Tensor, w: torch.Tensor) -> None:
@@ -558,15 +591,15 @@ def compute_reply_rows(lm: LoadedModel, trace: Trace, layer: int, kv: SessionKV 
         and kv_rows_pass(lm, kv, ids, reply_rows, on_layer, layer) is not None
     ):
         return kept[0]
-    return layer_weights(lm, trace, layer)[:, P:].copy()
+    return layer_weights(lm, trace, layer)[:, P - 1 : -1].copy()
 
 
 def _keep(trace: Trace, layer: int, weights: np.ndarray) -> None:
-    """Cache a pass's kept layer: all rows (heads, T, T) or the reply's rows (heads, R, T)."""
+    """Cache a pass's kept layer: all rows (heads, T, T) or the step rows (heads, R, T)."""
     P, T = len(trace.prompt_ids), len(trace.full_ids)
     if weights.shape[1] == T:
         _LAYERS.get_or_compute(_layer_key(trace, layer), lambda: weights)
-        weights = weights[:, P:].copy()
+        weights = weights[:, P - 1 : -1].copy()
     _REPLY_ROWS.get_or_compute(_reply_key(trace, layer), lambda: weights)
 
 
@@ -599,7 +632,7 @@ def overview(
 
 
 def reply_weights(lm: LoadedModel, trace: Trace, layer: int, kv: SessionKV | None = None) -> np.ndarray:
-    """The cached weights of the reply's rows at one layer: (heads, R, T); row r is position P + r."""
+    """The cached step rows of one layer: (heads, R, T); row s is position P + s - 1 (chose token s)."""
     return _REPLY_ROWS.get_or_compute(
         _reply_key(trace, layer), lambda: compute_reply_rows(lm, trace, layer, kv)
     )
@@ -611,7 +644,7 @@ def layer_weights(lm: LoadedModel, trace: Trace, layer: int) -> np.ndarray:
 
 
 def is_cached(trace: Trace, layer: int) -> bool:
-    """True when the page can open this reply and layer (reply rows) without running the model."""
+    """True when the page can open this reply and layer (step rows) without running the model."""
     return _overview_key(trace) in _OVERVIEWS and _reply_key(trace, layer) in _REPLY_ROWS
 
 
@@ -655,13 +688,21 @@ def _axis_label(pos: int, label: str) -> str:
     return f"{pos} {label}"
 
 
+def _query_label(pos: int, labels: list[str], n_prompt: int) -> str:
+    """A query row's axis label; a step row also names the token it chose: '41 ·is → ·Canberra'."""
+    if step_position(n_prompt, 0) <= pos < len(labels) - 1:
+        return f"{pos} {labels[pos]} → {labels[pos + 1]}"
+    return _axis_label(pos, labels[pos])
+
+
 def head_frame(
     weights: np.ndarray, labels: list[str], rows: range, cols: range, n_prompt: int, first: int = 0
 ) -> pd.DataFrame:
     """One head's weights as long rows: query, key, query_token, key_token, weight.
 
     weights: (n, T) for one head (or a mean of heads), row i being position first + i:
-    a whole layer's head (first 0) or the reply's rows (first P). rows/cols: the positions to include.
+    a whole layer's head (first 0) or the step rows (first P - 1). rows/cols: the positions to
+    include. A step row's query_token names the token it chose ('41 ·is → ·Canberra').
     """
     q = np.repeat(np.asarray(rows), len(cols))
     kk = np.tile(np.asarray(cols), len(rows))
@@ -669,10 +710,10 @@ def head_frame(
         {
             "query": q,
             "key": kk,
-            "query_token": [_axis_label(i, labels[i]) for i in q],
+            "query_token": [_query_label(i, labels, n_prompt) for i in q],
             "key_token": [_axis_label(j, labels[j]) for j in kk],
             "weight": weights[q - first, kk].astype(np.float64),
-            "in_reply": q >= n_prompt,
+            "in_reply": q >= step_position(n_prompt, 0),  # a step row: it chose a reply token
         }
     )
 
@@ -691,7 +732,7 @@ def head_frame_by_group(
     return pd.DataFrame(
         {
             "query": np.repeat(r, G),
-            "query_token": [_axis_label(i, ov.labels[i]) for i in np.repeat(r, G)],
+            "query_token": [_query_label(i, ov.labels, ov.n_prompt) for i in np.repeat(r, G)],
             "group": np.tile(np.arange(G), len(r)),
             "group_name": [g.name for g in ov.groups] * len(r),
             "weight": sums.ravel(),
@@ -700,11 +741,11 @@ def head_frame_by_group(
 
 
 def turn_frame(ov: AttentionOverview, layer: int | None = None, head: int | None = None) -> pd.DataFrame:
-    """For each reply token, its attention split by category (CATEGORIES).
+    """For each step, the attention that chose its token, split by category (CATEGORIES).
 
     layer None -> mean over every layer and head; head None -> mean over the layer's heads.
-    -> step (0-based), token ("1 ·The": numbered from 1, as the pages number steps), category,
-    share (share sums to 1 per step).
+    -> step (0-based), token ("1 ↵ → ·The": numbered from 1, as the pages number steps; the
+    token whose attention it is, then the token it chose), category, share (sums to 1 per step).
     """
     g = ov.grouped  # (L, H, R, G)
     if layer is None:
@@ -720,10 +761,7 @@ def turn_frame(ov: AttentionOverview, layer: int | None = None, head: int | None
     return pd.DataFrame(
         {
             "step": np.repeat(np.arange(R), len(CATEGORIES)),
-            "token": [
-                _axis_label(s + 1, ov.labels[ov.n_prompt + s])
-                for s in np.repeat(np.arange(R), len(CATEGORIES))
-            ],
+            "token": [_axis_label(s + 1, ov.step_label(s)) for s in np.repeat(np.arange(R), len(CATEGORIES))],
             "category": CATEGORIES * R,
             "order": list(range(len(CATEGORIES))) * R,
             "share": per_cat.ravel(),
@@ -734,9 +772,9 @@ def turn_frame(ov: AttentionOverview, layer: int | None = None, head: int | None
 def token_row(
     ov: AttentionOverview, step: int, reply_w: np.ndarray | None = None, head: int | None = None
 ) -> np.ndarray:
-    """How much reply token `step` attended to each position: (T,), zero after the token.
+    """The attention that chose reply token `step`: row P + step - 1, (T,), zero after that position.
 
-    reply_w: one layer's reply rows (heads, R, T), or None -> mean over every layer and head;
+    reply_w: one layer's step rows (heads, R, T), or None -> mean over every layer and head;
     head None -> mean of reply_w's heads.
     """
     if reply_w is None:

@@ -28,7 +28,8 @@ class StepWalk:
     """Everything the walkthrough shows for step `step` of a trace.
 
     context: the ids the model read (prompt + earlier reply tokens); the last one is the
-    "current position" whose vector becomes the next-token scores.
+    "current position" whose vector becomes the next-token scores. Its attention is the one
+    that chose reply token `step`: the same row as step `step` on the attention page.
     """
 
     step: int
@@ -41,6 +42,11 @@ class StepWalk:
     @property
     def last_id(self) -> int:
         return self.context[-1]
+
+    @property
+    def position(self) -> int:
+        """The current position: P + step - 1 (core.explain.attention.step_position)."""
+        return len(self.context) - 1
 
     @property
     def embedding_norm(self) -> float:
