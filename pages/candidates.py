@@ -20,10 +20,9 @@ from core.html import chips, probability_legend
 from core.settings import SamplingSettings
 from core.tokens import readable, step_label
 from core.trace import Trace
-from pages import common, transfer
+from pages import common, links, transfer
 
-STEP = "candidates.step"
-APPLIED = "candidates.applied"  # the (reply, ?step=) pair already applied to the slider
+STEP = "candidates.step"  # URL: ?reply=&step= (0-based)
 LINE = "candidates.line"
 PICK = "candidates.pick"
 _LENS: BoundedCache = BoundedCache(16)
@@ -32,6 +31,7 @@ lm = common.chat_model()
 tok = lm.tokenizer
 st.title("🎲 Next-word candidates")
 st.caption("At every step the model scores every token in its vocabulary; here are the ones it weighed.")
+link_slot = st.container()
 
 
 def _picked() -> None:
@@ -42,9 +42,7 @@ def _picked() -> None:
 def choose_step(trace: Trace) -> int:
     """Slider + clickable tokens + ?step= link + chart click all drive one state key."""
     n = len(trace.steps)
-    wanted = st.query_params.get("step")
-    if wanted is not None and st.session_state.get(APPLIED) != (trace.trace_id, wanted) and wanted.isdigit():
-        st.session_state[STEP] = int(wanted)
+    links.url_value("step", STEP, int, range(n).__contains__)
     st.session_state[STEP] = min(max(int(st.session_state.get(STEP, 0)), 0), n - 1)
     if n > 1:
         st.select_slider(
@@ -55,9 +53,7 @@ def choose_step(trace: Trace) -> int:
             help="Which token of the reply to look at (1 = the first).",
         )
     step = int(st.session_state[STEP])
-    st.session_state[APPLIED] = (trace.trace_id, str(step))
-    st.query_params["step"] = str(step)
-    st.query_params["reply"] = trace.trace_id
+    links.set_url(step=step)
     with st.expander("Click a token to jump to its step (the small number is the step)"):
         st.session_state[PICK] = step
         st.pills(
@@ -76,6 +72,21 @@ def step_view(trace: Trace, i: int) -> int:
     step = trace.steps[i]
     st.markdown("**The reply so far** (the red outline is this step's token)")
     st.html(chips(reply_chips(tok, trace, marked=i, upto=i + 1), probability_legend()))
+    before = readable(tok, trace.full_ids[len(trace.prompt_ids) + i - 1])  # the position that chose it
+    a, b = st.columns(2)
+    with a:
+        links.page_link(
+            "pages/walkthrough.py", "Walk this step through the model", "🚶", reply=trace.trace_id, step=i
+        )
+    with b:
+        links.page_link(
+            "pages/attention.py",
+            f"See the attention of {before} → {readable(tok, step.token_id)}",
+            "👀",
+            reply=trace.trace_id,
+            step=i,
+            view="token",
+        )
     mass = tokens_for_90(step)
     cols = st.columns(5)
     cols[0].metric("Chosen token", readable(tok, step.token_id))
@@ -220,6 +231,7 @@ if trace.branch_of:
         f"ℹ️ This reply is a branch: it was forced to differ from its parent at step {trace.branch_step + 1}."
     )
 i = choose_step(trace)
+links.copy_link(link_slot)
 n_shown = step_view(trace, i)
 what_if_view(trace, i, n_shown)
 whole_reply(trace, i)

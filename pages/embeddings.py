@@ -7,9 +7,11 @@ import streamlit as st
 from core.charts import embeddings as charts
 from core.conversation import reply_number
 from core.explain import embeddings as emb
-from pages import common
+from pages import common, links
 
 VIEWS = ["Token similarity", "Nearest words", "Analogy", "Conversation", "Free text"]
+VIEW_NAMES = dict(zip(("tokens", "nearest", "analogy", "conversation", "text"), VIEWS, strict=True))  # ?view=
+VIEW = "embeddings.view"
 MAX_TOKENS = 60  # tokens per heatmap; longer messages get a window slider
 MAX_UNITS = 60  # messages or sentences per conversation heatmap
 FREE_TEXT = "The cat sat on the mat.\nA kitten rests on a rug.\nStock prices fell sharply today."
@@ -21,11 +23,15 @@ st.caption(
     "A model reads every token as a list of numbers, a vector. Vectors that point the same way "
     "(cosine similarity near 1) stand for things the model treats as alike."
 )
+link_slot = st.container()
 
 
 def view_picker() -> str:
-    choice = st.segmented_control("View", VIEWS, default=VIEWS[0], key="embeddings.view")
-    return choice or VIEWS[0]
+    links.url_value("view", VIEW, VIEW_NAMES.get)
+    st.session_state.setdefault(VIEW, VIEWS[0])
+    choice = st.segmented_control("View", VIEWS, key=VIEW, required=True) or VIEWS[0]
+    links.set_url(view={label: name for name, label in VIEW_NAMES.items()}[choice])
+    return choice
 
 
 def window(n: int, key: str) -> tuple[int, int]:
@@ -240,3 +246,4 @@ VIEW_FUNCTIONS = {
     "Free text": free_text_view,
 }
 VIEW_FUNCTIONS[view_picker()]()
+links.copy_link(link_slot)  # last: the link holds every parameter the view wrote (the reply too)

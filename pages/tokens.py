@@ -11,10 +11,12 @@ from core.conversation import PromptTooLong
 from core.explain import bpe, tokenization
 from core.html import Chip, chips
 from core.models import ModelUnavailable
-from pages import common
+from pages import common, links
 
 MAX_CHIPS = 1500  # beyond this the browser slows down; the table still has every token
 SOURCES = ("A message", "The whole prompt of a reply", "Free text")
+SOURCE_NAMES = dict(zip(("message", "reply", "text"), SOURCES, strict=True))  # URL: ?source=
+SOURCE, VIEW = "tokens.source", "tokens.view"
 _tables: BoundedCache[pd.DataFrame] = BoundedCache(16)
 
 lm = common.chat_model(full=False)
@@ -49,8 +51,11 @@ def pick_message() -> tuple[pd.DataFrame, str]:
 
 def pick_source() -> tuple[pd.DataFrame, str | None]:
     """(all rows to show, the rows that are text, the text they must decode to exactly)."""
-    linked = 1 if st.query_params.get("reply") else 0  # a link from a reply opens its whole prompt
-    source = st.radio("Show the tokens of", SOURCES, index=linked, horizontal=True, key="tokens.source")
+    links.url_value("source", SOURCE, SOURCE_NAMES.get)
+    # a link from a reply (?reply= and no source) opens its whole prompt
+    st.session_state.setdefault(SOURCE, SOURCES[1] if st.query_params.get("reply") else SOURCES[0])
+    source = st.radio("Show the tokens of", SOURCES, horizontal=True, key=SOURCE)
+    links.set_url(source={label: name for name, label in SOURCE_NAMES.items()}[source])
     if source == SOURCES[2]:
         text = st.text_area(
             "Free text",
@@ -239,6 +244,7 @@ st.title("🧩 Tokenization")
 st.caption(
     "What the model actually reads: not letters or words, but token ids. Hover a token for its id and bytes."
 )
+link_slot = st.container()
 all_rows, expected = pick_source()
 text = show_tokens(all_rows, expected)
 # One view at a time (a radio, not st.tabs): only the chosen view is computed on each rerun.
@@ -249,5 +255,9 @@ VIEWS = {
     "BPE merges": bpe_tab,
     "Vocabulary": vocabulary_tab,
 }
-view = st.radio("View", list(VIEWS), horizontal=True, key="tokens.view", label_visibility="collapsed")
+VIEW_NAMES = dict(zip(("table", "counts", "compare", "bpe", "vocabulary"), VIEWS, strict=True))  # ?view=
+links.url_value("view", VIEW, VIEW_NAMES.get)
+view = st.radio("View", list(VIEWS), horizontal=True, key=VIEW, label_visibility="collapsed")
+links.set_url(view={label: name for name, label in VIEW_NAMES.items()}[view])
+links.copy_link(link_slot)
 VIEWS[view]()
