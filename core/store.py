@@ -511,33 +511,6 @@ class Store:
                 ).where(messages.c.conversation_id == cid)
             )
         }
-        gone = [mid for mid in have if mid not in wanted]
-        if gone:
-            conn.execute(messages.delete().where(messages.c.conversation_id == cid, messages.c.id.in_(gone)))
-        for mid, (parent, pos, m) in wanted.items():
-            values = {
-                "parent": parent,
-                "position": pos,
-                "role": m.role,
-                "content": m.content,
-                "notice": m.notice,
-                "trace_id": m.trace.trace_id if m.trace is not None else None,
-            }
-            old = have.get(mid)
-            if old is None:
-                conn.execute(messages.insert().values(conversation_id=cid, id=mid, **values))
-            elif (old.parent, old.position, old.content, old.notice, old.trace_id) != (
-                parent,
-                pos,
-                m.content,
-                m.notice,
-                values["trace_id"],
-            ):
-                conn.execute(
-                    messages.update()
-                    .where(messages.c.conversation_id == cid, messages.c.id == mid)
-                    .values(**values)
-                )
         live = {m.trace.trace_id: m.trace for _, _, m in wanted.values() if m.trace is not None}
         saved = {
             r.trace_id: r
@@ -547,6 +520,41 @@ class Store:
                 )
             )
         }
+        behind = {  # replies of which this copy is older than the stored one: their text stays too
+            tid
+            for tid, trace in live.items()
+            if tid in saved
+            and _older_copy(saved[tid].n_steps, saved[tid].meta, len(trace.steps), trace.finish_reason)
+        }
+        gone = [mid for mid in have if mid not in wanted]
+        if gone:
+            conn.execute(messages.delete().where(messages.c.conversation_id == cid, messages.c.id.in_(gone)))
+        for mid, (parent, pos, m) in wanted.items():
+            tid = m.trace.trace_id if m.trace is not None else None
+            old = have.get(mid)
+            content = old.content if old is not None and tid in behind else m.content
+            values = {
+                "parent": parent,
+                "position": pos,
+                "role": m.role,
+                "content": content,
+                "notice": m.notice,
+                "trace_id": tid,
+            }
+            if old is None:
+                conn.execute(messages.insert().values(conversation_id=cid, id=mid, **values))
+            elif (old.parent, old.position, old.content, old.notice, old.trace_id) != (
+                parent,
+                pos,
+                content,
+                m.notice,
+                tid,
+            ):
+                conn.execute(
+                    messages.update()
+                    .where(messages.c.conversation_id == cid, messages.c.id == mid)
+                    .values(**values)
+                )
         dead = [t for t in saved if t not in live]
         if dead:
             for table in (trace_steps, traces):
@@ -576,6 +584,8 @@ class Store:
             n_saved, old_meta = saved
             if n_saved == len(steps) and old_meta == meta:
                 return
+            if _older_copy(n_saved, old_meta, len(steps), trace.finish_reason):
+                return  # another tab or process holds a newer copy: a stored trace only grows
             conn.execute(
                 traces.update()
                 .where(traces.c.conversation_id == cid, traces.c.trace_id == trace.trace_id)
@@ -821,6 +831,16 @@ def _delete_rows(conn: Connection, ids: list[str]) -> None:
         for table in (trace_steps, traces, messages):
             conn.execute(table.delete().where(table.c.conversation_id.in_(batch)))
         conn.execute(conversations.delete().where(conversations.c.id.in_(batch)))
+
+
+def _older_copy(n_saved: int, saved_meta: str, n_steps: int, finish_reason: str) -> bool:
+    """True when the copy being saved is behind the stored one (a reply that another tab or app
+    process is still writing, or has finished). A trace only grows: its steps are never taken
+    back, and a finished reply never becomes "running" again."""
+    if n_steps < n_saved:
+        return True
+    stored_finish = json.loads(saved_meta).get("finish_reason")
+    return n_steps == n_saved and finish_reason == "running" and stored_finish != "running"
 
 
 def _trace_meta(trace: Trace) -> str:

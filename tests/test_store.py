@@ -249,3 +249,21 @@ def test_size_per_100_token_reply_is_compact(store, lm):
         ).scalar()
     assert len(trace.steps) == 100
     assert size < 200_000, size
+
+
+def test_an_older_copy_never_shrinks_a_stored_trace(store, chat, lm):
+    """A tab holding a stale copy of a reply another tab is still writing saves without harm."""
+    real = chat[-1].trace
+    cid = store.create("alice", chat, SETTINGS, lm.name)
+    stale = Trace.from_dict(real.to_dict())
+    stale.steps = stale.steps[: len(stale.steps) // 2]
+    stale.finish_reason = "running"
+    old = Message(chat[-1].role, "".join(s.text for s in stale.steps), id=chat[-1].id, trace=stale)
+    old.alternatives = chat[-1].alternatives
+    store.save(cid, "alice", [*chat[:-1], old], SETTINGS)
+    kept = store.load(cid, "alice").messages[-1]
+    assert kept.trace.to_dict() == real.to_dict()
+    assert kept.content == chat[-1].content
+    stale.steps = list(real.steps)  # same length, but still "running": the finished one stays
+    store.save(cid, "alice", [*chat[:-1], old], SETTINGS)
+    assert store.load(cid, "alice").messages[-1].trace.finish_reason == real.finish_reason
