@@ -2,7 +2,7 @@
 
 We run our own loop rather than ``model.generate`` so that each step's distribution can be
 recorded as it is produced (and streamed to the page) at no extra forward passes. The
-sampling itself is transformers' warpers (core.sampling), so it matches ``generate``.
+sampling itself is transformers' logits processors (core.sampling), so it matches ``generate``.
 
 For Llama-family models the forward pass is core.kvcache's lean one (fused weights in GEMM
 layout, a preallocated KV cache, one thread for single-token steps); it gives the same greedy
@@ -12,27 +12,22 @@ reads only its new tokens. Other models use their own forward with a DynamicCach
 
 from __future__ import annotations
 
-import os
 import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import torch
-from transformers import DynamicCache
 
-from core import cpuload
 from core.kvcache import LeanModel, SessionKV, lean_model, supports
 from core.models import LoadedModel
+from core.runner import GenericKV
 from core.sampling import sampling_probs
 from core.settings import SamplingSettings
 from core.tokens import IncrementalDecoder
 from core.trace import TOP_CANDIDATES, Step, Trace
 
 LN2 = 0.6931471805599453
-# Single-token steps are matrix-vector products bound by memory bandwidth: a second OpenMP
-# thread gains little, and on a shared 2-core machine its barrier waits cost a lot.
-DECODE_THREADS = 1
 _BUILD_LOCK = threading.Lock()
 # trace_ids of the replies this process is writing right now. A stored trace that says
 # "running" but is not here was cut off (a restart, a closed tab): core.store readers mark it stopped.
@@ -92,6 +87,7 @@ def stream(
     forced: list[int] | None = None,
     on_wait: Callable[[], None] | None = None,
     kv: SessionKV | None = None,
+    use_lean: bool = True,
 ) -> Iterator[Chunk]:
     """Generate a reply for trace.prompt_ids with trace.settings, appending to trace.steps.
 
@@ -101,6 +97,8 @@ def stream(
     steps still record the model's real distribution). The model's lock is held while the
     loop runs; close the generator (or exhaust it) to release it.
     kv: the session's KV cache, reused across turns (None: a fresh cache for this reply).
+    use_lean: False runs the model's own forward even where the lean path covers it (tests
+    and benchmarks compare the two; the lean path is a speed-up, not another model).
     """
     settings = trace.settings.validated()
     tokenizer = lm.tokenizer
@@ -121,28 +119,31 @@ def stream(
         start = time.perf_counter()
         first_token_at = None
         trace.finish_reason = "running"
-        lean = _lean(lm)
+        lean = _lean(lm) if use_lean else None
         need = len(trace.prompt_ids) + settings.max_new_tokens
-        if lean is not None and (kv is None or need > kv.max_tokens):
+        if kv is None or need > kv.max_tokens:
             kv = SessionKV(max_tokens=max(need, 1))
         with torch.inference_mode():
-            torch.set_num_threads(_prefill_threads(threads))
-            if lean is not None and kv is not None:
+            if lean is not None:
                 reused = kv.prepare(lean, trace.prompt_ids, need)
                 logits = kv.forward(lean, trace.prompt_ids[reused:])
                 step_fn = _lean_step(lean, kv)
             else:
-                logits, step_fn = _hf_prefill(lm.model, trace.prompt_ids)
-            torch.set_num_threads(min(DECODE_THREADS, threads))
+                logits, step_fn = _generic_prefill(lm.model, kv.generic, trace.prompt_ids)
+            torch.set_num_threads(min(decode_threads(lm), threads))
+            # the repetition penalty reads every id already in the text: prompt + reply so far
+            penalised = settings.repetition_penalty != 1.0
+            seen = torch.tensor(trace.prompt_ids + trace.output_ids, dtype=torch.long) if penalised else None
             for i in range(settings.max_new_tokens):
                 if stop is not None and stop.is_set():
                     trace.finish_reason = "stopped"
                     break
-                probs = sampling_probs(logits, settings) if (capture or not settings.greedy) else None
+                want_probs = capture or not settings.greedy or penalised
+                probs = sampling_probs(logits, settings, seen) if want_probs else None
                 if i < len(forced):
                     chosen = torch.tensor(forced[i])
-                elif settings.greedy:
-                    chosen = logits.argmax()
+                elif settings.greedy:  # the one-hot on the penalised argmax, when there is a penalty
+                    chosen = probs.argmax() if penalised else logits.argmax()
                 else:
                     chosen = torch.multinomial(probs, 1, generator=generator)[0]
                 token_id = int(chosen)
@@ -152,6 +153,8 @@ def stream(
                 else:  # a bare record, so the reply's tokens and text are still known
                     step = _bare_step(token_id, text)
                 trace.steps.append(step)
+                if penalised:
+                    seen = torch.cat([seen, chosen.reshape(1).long()])
                 if first_token_at is None:
                     first_token_at = time.perf_counter()
                     trace.ttft_s = first_token_at - start
@@ -192,21 +195,22 @@ def prefill(lm: LoadedModel, kv: SessionKV, ids: list[int], stop: threading.Even
     A conversation restored from the store (a reload, a restart) has an empty cache, so its
     next reply would read the whole history first. Reading it once here, as soon as the
     conversation is opened, gives that reply the time to first token of a warm session.
-    Does nothing for models the lean path does not cover, or when the model stays busy.
+    Does nothing when the model stays busy until `stop` is set.
     """
-    lean = _lean(lm)
-    if lean is None or len(ids) < 2 or len(ids) > kv.max_tokens:
+    if len(ids) < 2 or len(ids) > kv.max_tokens:
         return 0
     while not lm.lock.acquire(timeout=0.1):
         if stop is not None and stop.is_set():
             return 0
     try:
-        threads = torch.get_num_threads()
+        lean = _lean(lm)
         with torch.inference_mode():
-            torch.set_num_threads(_prefill_threads(threads))
-            reused = kv.prepare(lean, ids, len(ids))
-            kv.forward(lean, ids[reused:])
-            torch.set_num_threads(threads)
+            if lean is not None:
+                reused = kv.prepare(lean, ids, len(ids))
+                kv.forward(lean, ids[reused:])
+            else:
+                reused = kv.generic.prepare(lm.model, ids)
+                kv.generic.forward(lm.model, ids[reused:])
         return len(ids) - reused
     finally:
         lm.lock.release()
@@ -216,13 +220,73 @@ def warm_up(lm: LoadedModel) -> bool:
     """Build the lean forward's weights now (about 0.5 s, 0.5 GB for SmolLM2-135M).
 
     Call it right after loading the model (with the fast start it is built already and this
-    returns at once). Returns False for models the lean path does not cover.
+    returns at once). Returns False for models the lean path does not cover. Then measures
+    the decode thread count on this machine, in the background (see decode_threads).
     """
-    cpuload.spare_cores()  # starts sampling the machine's load, so the first prefill has it
     with _BUILD_LOCK:
         if lm.lean is None:
             lm.lean = lean_model(lm.model)
-        return lm.lean is not None
+        ready = lm.lean is not None
+    if lm.decode_threads is None:
+        threading.Thread(
+            target=measure_decode_threads, args=(lm,), name="glassbox-threads", daemon=True
+        ).start()
+    return ready
+
+
+def decode_threads(lm: LoadedModel) -> int:
+    """Threads for single-token steps: measured on this machine (measure_decode_threads), else all.
+
+    subtle: a decode step is matrix-vector products bound by memory bandwidth, and whether a
+    second OpenMP thread helps depends on the CPU: 1 thread was best on an AMD EPYC, 2 threads
+    were 1.45x faster on an Intel Xeon. So it is measured where the app runs, never assumed.
+    """
+    return lm.decode_threads or torch.get_num_threads()
+
+
+def measure_decode_threads(lm: LoadedModel, steps: int = 12, rounds: int = 3) -> int:
+    """Time decode steps with 1, 2, ... threads (up to torch's count) and keep the fastest.
+
+    Runs once per loaded model (about a second), holding the model lock between rounds only,
+    so a reply that starts meanwhile waits for at most one round. Rounds alternate the
+    candidates and each keeps its best round, so a burst of load elsewhere does not decide.
+    """
+    most = torch.get_num_threads()
+    candidates = list(range(1, most + 1)) if most <= 4 else [1, 2, most // 2, most]
+    if len(candidates) == 1:
+        lm.decode_threads = 1
+        return 1
+    best = dict.fromkeys(candidates, float("inf"))
+    prompt = list(range(100, 164))  # the speed of a step hardly depends on which tokens it reads
+    for _ in range(rounds):
+        for n in candidates:
+            with lm.lock, torch.inference_mode():
+                saved = torch.get_num_threads()
+                try:
+                    best[n] = min(best[n], _time_steps(lm, prompt, steps, n))
+                finally:
+                    torch.set_num_threads(saved)
+    lm.decode_threads = min(best, key=best.get)
+    lm.decode_timings = {n: round(t * 1000, 2) for n, t in best.items()}  # ms per step, for the about page
+    return lm.decode_threads
+
+
+def _time_steps(lm: LoadedModel, prompt: list[int], steps: int, threads: int) -> float:
+    """Seconds per decode step with this many threads (the path replies take)."""
+    kv = SessionKV(max_tokens=len(prompt) + steps + 1)
+    lean = lm.lean
+    if lean is not None:
+        kv.prepare(lean, prompt, len(prompt) + steps + 1)
+        kv.forward(lean, prompt)
+        step = _lean_step(lean, kv)
+    else:
+        _, step = _generic_prefill(lm.model, kv.generic, prompt)
+    torch.set_num_threads(threads)
+    step(prompt[-1])  # the first step after a thread change pays for waking the threads
+    start = time.perf_counter()
+    for i in range(steps):
+        step(prompt[i])
+    return (time.perf_counter() - start) / steps
 
 
 def _lean(lm: LoadedModel) -> LeanModel | None:
@@ -239,27 +303,6 @@ def _lean(lm: LoadedModel) -> LeanModel | None:
     return None
 
 
-def _prefill_threads(threads: int) -> int:
-    """All threads for the prompt (a real GEMM), unless other processes hold the cores.
-
-    subtle: OpenMP threads wait for each other at every op; when another process holds a
-    core, a 2-thread prefill on 2 cores runs 2-3x slower than a 1-thread one. The load
-    average cannot tell: it counts this process's own decoding too (a 300-token prefill took
-    0.74 s on 1 thread instead of 0.41 s on 2 because of it), so core.cpuload measures what
-    the *other* processes use; the load average is only the fallback for its first second.
-    In a container with a CPU quota neither says anything about our cores: use them all.
-    """
-    spare = cpuload.spare_cores()
-    if spare is None:
-        if not cpuload.whole_machine():
-            return threads
-        try:
-            spare = (os.cpu_count() or 1) - os.getloadavg()[0]
-        except OSError:
-            return threads
-    return threads if spare >= threads - 0.5 else 1
-
-
 def _lean_step(lean: LeanModel, kv: SessionKV) -> Callable[[int], torch.Tensor]:
     def step(token_id: int) -> torch.Tensor:
         return kv.forward(lean, [token_id])  # (vocab,)
@@ -267,18 +310,20 @@ def _lean_step(lean: LeanModel, kv: SessionKV) -> Callable[[int], torch.Tensor]:
     return step
 
 
-def _hf_prefill(model, prompt_ids: list[int]) -> tuple[torch.Tensor, Callable[[int], torch.Tensor]]:
-    """The model's own forward with a DynamicCache: the path for models the lean one does not cover."""
-    cache = DynamicCache()
-    ids = torch.tensor([prompt_ids], dtype=torch.long)  # (1, prompt_len)
-    logits = model(input_ids=ids, past_key_values=cache, use_cache=True, logits_to_keep=1).logits[0, -1]
+def _generic_prefill(
+    model, kv: GenericKV, prompt_ids: list[int]
+) -> tuple[torch.Tensor, Callable[[int], torch.Tensor]]:
+    """The model's own forward over the session's DynamicCache (core.runner.GenericKV): any model.
+
+    A follow-up turn reads only its new tokens, as on the lean path.
+    """
+    reused = kv.prepare(model, prompt_ids)
+    logits = kv.forward(model, prompt_ids[reused:])
 
     def step(token_id: int) -> torch.Tensor:
-        ids = torch.tensor([[token_id]], dtype=torch.long)  # (1, 1)
-        out = model(input_ids=ids, past_key_values=cache, use_cache=True, logits_to_keep=1)
-        return out.logits[0, -1].float()  # (vocab,)
+        return kv.forward(model, [token_id])  # (vocab,)
 
-    return logits.float(), step
+    return logits, step
 
 
 def _bare_step(token_id: int, text: str) -> Step:

@@ -24,6 +24,8 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from core.runner import GenericKV
+
 GROW = 256  # the cache grows in steps of this many positions
 
 
@@ -251,6 +253,7 @@ class SessionKV:
         self.values: torch.Tensor | None = None
         self.model_id: int | None = None
         self.reused = 0  # how many prompt tokens the last prepare() could skip (for tests and UI)
+        self.generic = GenericKV()  # models the lean path does not cover keep their cache here
 
     @property
     def capacity(self) -> int:
@@ -259,6 +262,7 @@ class SessionKV:
     def clear(self) -> None:
         """Forget everything and free the buffers."""
         self.ids, self.keys, self.values, self.model_id, self.reused = [], None, None, None, 0
+        self.generic.clear()
 
     def prepare(self, lean: LeanModel, prompt_ids: list[int], need: int) -> int:
         """Cut the cache back to its longest common prefix with prompt_ids; make room for need positions.

@@ -16,7 +16,6 @@ import json
 import logging
 import os
 import shutil
-import sys
 import threading
 import time
 from collections.abc import Callable
@@ -84,6 +83,8 @@ class LoadedModel:
     _model: Any = field(default=None, repr=False)
     _pending: Future | None = field(default=None, repr=False)
     public_source: str = ""  # for visitors: where the weights came from, without any server path
+    decode_threads: int | None = None  # measured at warm-up on this machine (core.generation)
+    decode_timings: dict[int, float] = field(default_factory=dict)  # threads -> ms per step, measured
 
     @property
     def model(self) -> Any:
@@ -236,44 +237,15 @@ def _fast_llama(folder: Path) -> tuple[Any, Any, Any, int, frozenset[int]] | Non
     return tokenizer, lean, config, n_params, frozenset(eos)
 
 
-_SWITCH_LOCK = threading.Lock()
-_SWITCH_USERS = 0
-_SWITCH_SAVED = 0.005
-
-
-def _short_switch_interval(on: bool) -> None:
-    """Shorten the GIL switch interval while at least one background load runs.
-
-    subtle: importing modules is pure Python and holds the GIL; a reply decoding at the
-    same time needs it back after every torch op and would wait up to the 5 ms switch
-    interval each time (4 tokens/s instead of 30). A short interval lets the decode loop in
-    quickly. Counted, so overlapping loads restore the original interval only when the last ends.
-    """
-    global _SWITCH_USERS, _SWITCH_SAVED
-    with _SWITCH_LOCK:
-        if on:
-            if _SWITCH_USERS == 0:
-                _SWITCH_SAVED = sys.getswitchinterval()
-                sys.setswitchinterval(min(_SWITCH_SAVED, 0.0002))
-            _SWITCH_USERS += 1
-        else:
-            _SWITCH_USERS -= 1
-            if _SWITCH_USERS == 0:
-                sys.setswitchinterval(_SWITCH_SAVED)
-
-
 def _background(fn: Callable[[], Any], name: str) -> Future:
     """Run fn in a daemon thread; the Future carries its result or its exception."""
     future: Future = Future()
 
     def run() -> None:
-        _short_switch_interval(True)
         try:
             future.set_result(fn())
         except BaseException as exc:  # noqa: BLE001 - handed to whoever asks for the result
             future.set_exception(exc)
-        finally:
-            _short_switch_interval(False)
 
     threading.Thread(target=run, name=name, daemon=True).start()
     return future

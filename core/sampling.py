@@ -1,21 +1,36 @@
-"""From scores to the distribution that is sampled: temperature, top-k, top-p.
+"""From scores to the distribution that is sampled: repetition penalty, temperature, top-k, top-p.
 
 The decode loop and every "what if" view call the same function, so what the page shows
 under another temperature is exactly what the sampler would have done. The filters are
-transformers' own logits processors, in the order ``generate`` applies them.
+transformers' own logits processors, in the order ``generate`` applies them: the repetition
+penalty first (a logits processor), then the warpers.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
-from transformers import LogitsProcessorList, TemperatureLogitsWarper, TopKLogitsWarper, TopPLogitsWarper
+from transformers import (
+    LogitsProcessorList,
+    RepetitionPenaltyLogitsProcessor,
+    TemperatureLogitsWarper,
+    TopKLogitsWarper,
+    TopPLogitsWarper,
+)
 
 from core.settings import SamplingSettings
 
 
 def processors(settings: SamplingSettings) -> LogitsProcessorList:
-    """The warpers for these settings (empty when greedy: greedy takes the raw argmax)."""
+    """The processors for these settings, in ``generate``'s order.
+
+    Greedy keeps only the repetition penalty (``generate`` applies it before its argmax too);
+    greedy without a penalty is an empty list: the raw argmax.
+    """
     chain = LogitsProcessorList()
+    if settings.repetition_penalty != 1.0:
+        chain.append(RepetitionPenaltyLogitsProcessor(settings.repetition_penalty))
     if settings.greedy:
         return chain
     if settings.temperature != 1.0:
@@ -27,20 +42,35 @@ def processors(settings: SamplingSettings) -> LogitsProcessorList:
     return chain
 
 
-def sampling_probs(logits: torch.Tensor, settings: SamplingSettings) -> torch.Tensor:
+def sampling_probs(
+    logits: torch.Tensor,
+    settings: SamplingSettings,
+    context_ids: torch.Tensor | Sequence[int] | None = None,
+) -> torch.Tensor:
     """The distribution the sampler draws from. logits: (vocab,) or (batch, vocab).
 
-    Greedy (temperature 0) is a one-hot on the argmax.
+    context_ids: the ids already in the text (prompt + reply so far), as indices into the last
+    dimension of `logits`; the repetition penalty lowers their scores. An index equal to that
+    dimension's size stands for "not among these scores" and is ignored (what_if uses it for
+    context tokens outside the recorded top 50). Needed only when the penalty is on.
+    Greedy (temperature 0) is a one-hot on the argmax of the (penalised) scores.
     """
     squeeze = logits.dim() == 1
     scores = logits.float().reshape(-1, logits.shape[-1])  # (batch, vocab)
+    if settings.repetition_penalty != 1.0:
+        if context_ids is None:
+            raise ValueError("The repetition penalty needs the ids already in the text (context_ids).")
+        ids = torch.as_tensor(context_ids, dtype=torch.long).reshape(1, -1)  # (1, T)
+        ids = ids.expand(scores.shape[0], -1)  # (batch, T)
+    else:
+        # the warpers do not read input_ids; an empty (batch, 0) tensor satisfies the API
+        ids = torch.empty((scores.shape[0], 0), dtype=torch.long)
+    scores = processors(settings)(ids, scores.clone())
     if settings.greedy:
         probs = torch.zeros_like(scores)
         probs.scatter_(-1, scores.argmax(-1, keepdim=True), 1.0)
     else:
-        # input_ids are unused by these warpers; an empty (batch, 0) tensor satisfies the API.
-        empty = torch.empty((scores.shape[0], 0), dtype=torch.long)
-        probs = torch.softmax(processors(settings)(empty, scores.clone()), dim=-1)
+        probs = torch.softmax(scores, dim=-1)
     return probs[0] if squeeze else probs
 
 

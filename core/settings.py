@@ -4,13 +4,18 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
+MAX_REPETITION_PENALTY = 3.0  # beyond this every earlier token is all but banned
+
 
 @dataclass(frozen=True)
 class SamplingSettings:
     """How the next token is picked from the model's scores.
 
     temperature == 0 means greedy decoding (always the most likely token); top_k == 0 and
-    top_p == 1.0 switch those filters off.
+    top_p == 1.0 switch those filters off. repetition_penalty > 1 lowers the score of every
+    token already in the text (prompt included, as transformers' ``generate`` does); 1.0 is
+    off. It comes last so that positional construction from older code keeps its meaning,
+    and a trace recorded before it existed loads with 1.0, which is what its sampler used.
     """
 
     temperature: float = 0.7
@@ -18,6 +23,7 @@ class SamplingSettings:
     top_p: float = 0.95
     max_new_tokens: int = 256
     seed: int = 0
+    repetition_penalty: float = 1.0
 
     @property
     def greedy(self) -> bool:
@@ -31,6 +37,7 @@ class SamplingSettings:
             top_p=min(max(float(self.top_p), 0.01), 1.0),
             max_new_tokens=min(max(int(self.max_new_tokens), 1), 4096),
             seed=int(self.seed),
+            repetition_penalty=min(max(float(self.repetition_penalty), 1.0), MAX_REPETITION_PENALTY),
         )
 
     def to_dict(self) -> dict:

@@ -60,7 +60,7 @@ def sidebar() -> SamplingSettings:
 def sidebar_end() -> None:
     """Drawn after the conversation, so the export button knows about a reply streamed in this run."""
     with st.sidebar:
-        with st.expander("Save or load the conversation"):
+        with st.expander("Save or load the conversation", key="chat.transfer_box"):
             transfer.show()
         common.model_badge(lm)
 

@@ -8,15 +8,26 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 from dataclasses import dataclass
 
 import streamlit as st
-
 from core.conversation import Message, reply_number
-from core.cpuload import fit_torch_threads
+from core.cores import fit_torch_threads
 from core.generation import warm_up
-from core.models import ENV_MODEL, LoadedModel, ModelUnavailable, load_chat_model, load_embedder
-from core.settings import DEFAULT_CONTEXT_BUDGET, DEFAULT_SYSTEM_PROMPT, SamplingSettings
+from core.models import (
+    ENV_MODEL,
+    LoadedModel,
+    ModelUnavailable,
+    load_chat_model,
+    load_embedder,
+)
+from core.runner import runner_for
+from core.settings import (
+    DEFAULT_CONTEXT_BUDGET,
+    DEFAULT_SYSTEM_PROMPT,
+    SamplingSettings,
+)
 
 MESSAGES = "chat.messages"
 SYSTEM_PROMPT = "chat.system_prompt"
@@ -83,6 +94,8 @@ def _chat_model(configured: str | None) -> LoadedModel:
     fit_torch_threads()  # once per process: a container's CPU quota, not the host's core count
     lm = load_chat_model(configured)
     warm_up(lm)  # the fast decode path (already built when the model came from a local folder)
+    # the attention rows pass proven against an eager pass once, in the background (core.runner)
+    threading.Thread(target=runner_for(lm).self_check, name="glassbox-self-check", daemon=True).start()
     return lm
 
 

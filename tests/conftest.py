@@ -85,3 +85,28 @@ def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
     finally:
         server.start()
         server.drop_database(url.rsplit("/", 1)[1])
+
+
+# -- Tiny models of every architecture the app accepts (tests/tiny_models.py) -------------------
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(lm: LoadedModel, tmp_path_factory: pytest.TempPathFactory):
+    """tiny_model_dir(arch) -> a folder holding that tiny model (built once per session)."""
+    from tests.tiny_models import build
+
+    root = tmp_path_factory.mktemp("tiny-models")
+    return lambda arch: build(arch, root / arch, lm.tokenizer)
+
+
+@pytest.fixture(scope="session")
+def tiny_lm(tiny_model_dir):
+    """tiny_lm(arch) -> the loaded tiny model of that architecture (loaded once per session)."""
+    loaded: dict[str, LoadedModel] = {}
+
+    def get(arch: str) -> LoadedModel:
+        if arch not in loaded:
+            loaded[arch] = load_chat_model(str(tiny_model_dir(arch)))
+        return loaded[arch]
+
+    return get

@@ -33,7 +33,6 @@ def _folder(cache: Path) -> Path:
 
 
 def test_bundled_gguf_is_found_without_importing_the_package():
-    import sys
 
     path = models.bundled_gguf_path()
     assert path is not None and path.suffix == ".gguf" and path.stat().st_size > 50_000_000
@@ -204,22 +203,6 @@ def test_rope_scaling_in_the_old_key_spelling_is_not_taken_for_default():
     assert not supports_config(types.SimpleNamespace(**plain, rope_scaling={"rope_type": "llama3"}))
 
 
-def test_overlapping_background_loads_restore_the_switch_interval_once_both_end():
-    deadline = time.monotonic() + 60  # background loads of earlier tests may still be running
-    while models._SWITCH_USERS and time.monotonic() < deadline:
-        time.sleep(0.1)
-    assert models._SWITCH_USERS == 0, "a background load is still running"
-    before = sys.getswitchinterval()
-    models._short_switch_interval(True)
-    try:
-        models._short_switch_interval(True)
-        models._short_switch_interval(False)
-        assert sys.getswitchinterval() < before  # the second load still runs
-    finally:
-        models._short_switch_interval(False)
-    assert sys.getswitchinterval() == before
-
-
 def test_a_failing_background_load_surfaces_when_the_model_is_asked_for(cold_load, cold_cache, monkeypatch):
     def broken(folder, lean):
         raise OSError("disk went away")
@@ -238,7 +221,6 @@ def test_a_failing_background_load_surfaces_when_the_model_is_asked_for(cold_loa
         assert not marker.exists(), "a cache whose model failed to load must be rebuilt next time"
     finally:
         marker.write_text(kept)
-
 
 
 def test_what_visitors_see_of_the_source_names_no_server_path(lm):
