@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import re
 import time
+from dataclasses import dataclass
 from typing import Any
 
 from core.conversation import ROLES, Message
@@ -79,8 +80,15 @@ def explanation_json(tokenizer: Any, message: Message, candidates_per_step: int 
 
 
 # -- import ---------------------------------------------------------------------------------
-def load_conversation(raw: bytes | str, model_name: str, vocab_size: int) -> list[Message]:
-    """Parse and validate an exported conversation. Raises ImportRejected; never returns half a file."""
+def load_conversation(
+    raw: bytes | str, model_name: str, vocab_size: int, context_length: int | None = None
+) -> list[Message]:
+    """Parse and validate an exported conversation. Raises ImportRejected; never returns half a file.
+
+    context_length: the most tokens the model reads; a trace whose prompt and reply together
+    are longer is refused before any of its steps is validated (an inflated file would
+    otherwise make every explanation pass on it arbitrarily long).
+    """
     size = len(raw.encode("utf-8") if isinstance(raw, str) else raw)
     if size > MAX_BYTES:
         raise ImportRejected(
@@ -109,18 +117,27 @@ def load_conversation(raw: bytes | str, model_name: str, vocab_size: int) -> lis
     seen_ids: set[str] = set()
     seen_traces: set[str] = set()
     count = [0]
+    limits = _Limits(model_name, vocab_size, context_length)
     messages = [
-        _message(item, f"message {i + 1}", model_name, vocab_size, seen_ids, seen_traces, count, depth=0)
+        _message(item, f"message {i + 1}", limits, seen_ids, seen_traces, count, depth=0)
         for i, item in enumerate(items)
     ]
     return messages
 
 
+@dataclass(frozen=True)
+class _Limits:
+    """What an imported trace must fit: this model, its vocabulary and its context window."""
+
+    model_name: str
+    vocab_size: int
+    context_length: int | None
+
+
 def _message(
     item: Any,
     where: str,
-    model_name: str,
-    vocab_size: int,
+    limits: _Limits,
     seen_ids: set[str],
     seen_traces: set[str],
     count: list[int],
@@ -148,13 +165,22 @@ def _message(
     if item.get("trace") is not None:
         if role != "assistant":
             raise ImportRejected(f"{where.capitalize()} is not a reply but carries a trace.")
-        if isinstance(item["trace"], dict) and len(item["trace"].get("steps") or []) > MAX_STEPS:
-            raise ImportRejected(f"{where.capitalize()}: the trace has more than {MAX_STEPS:,} steps.")
+        raw_trace = item["trace"]
+        if isinstance(raw_trace, dict):
+            n_steps, n_prompt = _length(raw_trace.get("steps")), _length(raw_trace.get("prompt_ids"))
+            if n_steps > MAX_STEPS:
+                raise ImportRejected(f"{where.capitalize()}: the trace has more than {MAX_STEPS:,} steps.")
+            if limits.context_length is not None and n_prompt + n_steps > limits.context_length:
+                raise ImportRejected(
+                    f"{where.capitalize()}: its prompt ({n_prompt:,} tokens) and reply ({n_steps:,} tokens) "
+                    f"add up to {n_prompt + n_steps:,} tokens, more than the {limits.context_length:,} "
+                    f"this model can read. It cannot have been made by this model, so it was not loaded."
+                )
         try:
-            trace = Trace.from_dict(item["trace"], vocab_size=vocab_size)
+            trace = Trace.from_dict(raw_trace, vocab_size=limits.vocab_size)
         except TraceFormatError as exc:
             raise ImportRejected(f"{where.capitalize()}: {exc}") from exc
-        if trace.model_name != model_name:
+        if trace.model_name != limits.model_name:
             raise ImportRejected(
                 f"{where.capitalize()} was made with another model ({_short(trace.model_name)})."
             )
@@ -168,8 +194,7 @@ def _message(
         _message(
             a,
             f"{where}, alternative {k + 1}",
-            model_name,
-            vocab_size,
+            limits,
             seen_ids,
             seen_traces,
             count,
@@ -178,6 +203,10 @@ def _message(
         for k, a in enumerate(alternatives)
     ]
     return Message(role, content, id=mid, trace=trace, alternatives=alts, notice=notice)
+
+
+def _length(value: Any) -> int:
+    return len(value) if isinstance(value, list) else 0
 
 
 def _short(value: Any) -> str:

@@ -25,7 +25,7 @@ def _import() -> None:
     lm = common.chat_model(full=False)  # only its name and vocabulary
     st.session_state[FRESH] = True
     try:
-        loaded = load_conversation(uploaded.getvalue(), lm.name, lm.vocab_size)
+        loaded = load_conversation(uploaded.getvalue(), lm.name, lm.vocab_size, lm.context_length)
     except ImportRejected as exc:
         st.session_state[RESULT] = ("error", f"{uploaded.name} was not loaded: {exc}")
         return

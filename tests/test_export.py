@@ -86,3 +86,24 @@ def test_bad_files_are_refused_clearly(lm, conversation, case):
 def test_oversized_file_is_refused_before_parsing(lm):
     with pytest.raises(ImportRejected, match="MB"):
         load_conversation(b" " * (21 * 1024 * 1024), lm.name, lm.vocab_size)
+
+
+def test_an_inflated_trace_longer_than_the_model_reads_is_refused_with_the_numbers(lm, conversation):
+    """Issue 19: a 0.2 MB file whose prompt held 40,021 ids was accepted, and its attention
+    pass then held the model for minutes. Prompt + reply beyond the context length is refused."""
+    data = json.loads(conversation_json(conversation, lm.name))
+    trace = data["messages"][-1]["trace"]
+    n_steps = len(trace["steps"])
+    trace["prompt_ids"] = (trace["prompt_ids"] * 1000)[:40_021]
+    trace["spans"] = [{"start": 0, "end": 40_021, "role": "user", "message_index": 1, "kind": "content"}]
+    raw = json.dumps(data).encode()
+    assert len(raw) < 1_000_000
+    with pytest.raises(ImportRejected) as err:
+        load_conversation(raw, lm.name, lm.vocab_size, lm.context_length)
+    text = str(err.value)
+    assert f"{40_021:,}" in text and f"{40_021 + n_steps:,}" in text and f"{lm.context_length:,}" in text
+    # at the limit exactly it loads
+    trace["prompt_ids"] = trace["prompt_ids"][: lm.context_length - n_steps]
+    trace["spans"][0]["end"] = lm.context_length - n_steps
+    loaded = load_conversation(json.dumps(data).encode(), lm.name, lm.vocab_size, lm.context_length)
+    assert len(loaded[-1].trace.full_ids) == lm.context_length
