@@ -444,16 +444,7 @@ class Store:
         cid = new_id()
 
         def work(conn: Connection) -> str:
-            count = conn.execute(
-                sa.select(sa.func.count())
-                .select_from(conversations)
-                .where(conversations.c.owner == key, conversations.c.kind == "chat")
-            ).scalar()
-            if count >= self.max_conversations:
-                raise LimitReached(
-                    f"You have {count} saved conversations, the most this app keeps per visitor. "
-                    "Delete one in the sidebar's history to save a new one."
-                )
+            self._check_room(conn, key)
             now = time.time()
             conn.execute(
                 conversations.insert().values(
@@ -473,6 +464,19 @@ class Store:
             return cid
 
         return self._run(work)
+
+    def _check_room(self, conn: Connection, key: str) -> None:
+        """Raise LimitReached when the owner already keeps the most conversations allowed."""
+        count = conn.execute(
+            sa.select(sa.func.count())
+            .select_from(conversations)
+            .where(conversations.c.owner == key, conversations.c.kind == "chat")
+        ).scalar()
+        if count >= self.max_conversations:
+            raise LimitReached(
+                f"You have {count} saved conversations, the most this app keeps per visitor. "
+                "Delete one in the sidebar's history to save a new one."
+            )
 
     def save(self, cid: str, owner: str, messages_: list[Message], settings: dict[str, Any]) -> int:
         """Bring the stored conversation in line with messages_; returns the new version.
@@ -767,16 +771,7 @@ class Store:
             source = self._load(conn, cid, key)
             if source is None:
                 raise StoreError("This conversation does not exist or is no longer shared.")
-            count = conn.execute(
-                sa.select(sa.func.count())
-                .select_from(conversations)
-                .where(conversations.c.owner == key, conversations.c.kind == "chat")
-            ).scalar()
-            if count >= self.max_conversations:
-                raise LimitReached(
-                    f"You have {count} saved conversations, the most this app keeps per visitor. "
-                    "Delete one in the sidebar's history first."
-                )
+            self._check_room(conn, key)
             return self._copy(conn, source, key, kind="chat", source_id=cid)
 
         return self._run(work)
