@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import streamlit as st
+from streamlit.runtime.scriptrunner_utils.script_run_context import get_script_run_ctx
 
 from core.conversation import Message
 from core.generation import RUNNING, prefill
@@ -41,7 +42,9 @@ PRINT = "conv.fingerprint"  # what was last saved, to save only on change
 PROBLEM = "conv.problem"  # (kind, text, when) of the last failed save, None when saving works
 FLASH = "conv.flash"  # a message for the next run ("this conversation does not exist…")
 KV = "chat.kv"
-RETRY_AFTER = 15.0  # seconds: after a failed save, try again at most this often
+RETRY_AFTER = 15.0  # seconds: after a failed save, try again at most this often (GLASSBOX_SAVE_RETRY_S)
+UNREACHABLE = "conv.unreachable"  # the ?c= id that could not be opened: the database did not answer
+SLOT = "conv.status_slot"  # (this run's cursors, the placeholder show_status made for save problems)
 GONE = "This conversation does not exist or is no longer shared. Here is a new chat instead."
 CUT_OFF = "This reply was cut off (the app restarted or the tab closed)."  # a reply's notice
 
@@ -126,12 +129,20 @@ def open_from_url() -> None:
     if wanted == current:
         _follow_other_tabs(current)
         return
+    if st.session_state.get(UNREACHABLE) == wanted and (
+        _waiting_to_retry() or any(m.role == "user" for m in common.messages())
+    ):
+        return  # tried a moment ago; or the visitor chats in a new chat meanwhile, which stays
     if not load(wanted):
+        if st.session_state.get(UNREACHABLE) == wanted:
+            return  # load() said why; the link stays in the URL and is tried again on a later run
         st.session_state[FLASH] = GONE
         start_new()
 
 
 def _follow_other_tabs(cid: str) -> None:
+    if _waiting_to_retry():
+        return  # the database failed a moment ago: no wait on every run for it
     try:
         version = store().version(cid)
     except StoreUnavailable:
@@ -154,10 +165,18 @@ def load(cid: str) -> bool:
     try:
         stored = store().load(cid, owner_token())
     except StoreUnavailable as exc:
-        _problem("unavailable", f"The conversation could not be opened: {exc}.")
+        # Not "does not exist": it may well exist. The link is kept and tried again.
+        st.session_state[UNREACHABLE] = cid
+        _problem(
+            "open",
+            f"This conversation cannot be opened right now: {exc}. "
+            "It opens here once the database answers again.",
+        )
         return False
     if stored is None:
         return False
+    if st.session_state.pop(UNREACHABLE, None) is not None:
+        _clear_problem()
     history = common.messages()
     loaded = stored.messages
     if not loaded or loaded[0].role != "system":
@@ -206,6 +225,7 @@ def start_new() -> None:
         READONLY,
         PRINT,
         PROBLEM,
+        UNREACHABLE,
         common.SELECTED,
         "chat.pending",
         "chat.previous_take",
@@ -249,50 +269,89 @@ def save_if_changed() -> None:
             st.query_params["c"] = cid
         else:
             st.session_state[VERSION] = store().save(cid, owner_token(), history, settings)
-    except LimitReached as exc:
-        _problem("limit", str(exc))
-        return
-    except StoreUnavailable as exc:
-        _problem("unavailable", f"This conversation will not be kept: {exc}. The chat goes on in this tab.")
-        return
     except StoreError as exc:
-        _problem("error", str(exc))
+        _save_failed(exc)
         return
     st.session_state[PRINT] = digest
-    if st.session_state.pop(PROBLEM, None) is not None:
+    if st.session_state.get(PROBLEM) is not None:
+        _clear_problem()
         st.toast("The conversation is being saved again.", icon="💾")
 
 
 def save_streaming(reply: Message) -> None:
-    """During a reply: its text and new steps (called every few tokens by the chat page)."""
+    """During a reply: its text and new steps (called every few tokens by the chat page).
+
+    Not after a failed save: the stored rows may lack this reply's message, so only the full
+    save (save_if_changed, after the reply) can write it once the database answers again."""
     cid = conversation_id()
-    if cid is None or readonly() or _waiting_to_retry():
+    if cid is None or readonly() or st.session_state.get(PROBLEM) is not None:
         return
     try:
         st.session_state[VERSION] = store().save_reply(cid, owner_token(), reply)
     except StoreError as exc:
-        _problem("unavailable", f"This reply is not being saved: {exc}. It stays in this tab.")
+        _save_failed(exc)
+
+
+def _save_failed(exc: StoreError) -> None:
+    if isinstance(exc, StoreUnavailable):
+        _problem("unavailable", f"This conversation will not be kept: {exc}. The chat goes on in this tab.")
+    elif isinstance(exc, LimitReached):
+        _problem("limit", str(exc))
+    else:
+        _problem("error", str(exc))
+
+
+def retry_after() -> float:
+    """Seconds between tries after a failed save: GLASSBOX_SAVE_RETRY_S, else RETRY_AFTER."""
+    try:
+        return max(0.0, float(common.config("GLASSBOX_SAVE_RETRY_S") or RETRY_AFTER))
+    except ValueError:
+        log.warning("GLASSBOX_SAVE_RETRY_S is not a number; using %s", RETRY_AFTER)
+        return RETRY_AFTER
 
 
 def _waiting_to_retry() -> bool:
     problem = st.session_state.get(PROBLEM)
-    return problem is not None and time.monotonic() - problem[2] < RETRY_AFTER
+    return problem is not None and time.monotonic() - problem[2] < retry_after()
 
 
 def _problem(kind: str, text: str) -> None:
+    """Remember a failure, and show it now: a save fails during the page, after show_status ran."""
     log.warning("store: %s", text)
     st.session_state[PROBLEM] = (kind, text, time.monotonic())
+    slot = _slot()
+    if slot is not None:
+        slot.warning(text, icon="💾")
+
+
+def _clear_problem() -> None:
+    st.session_state.pop(PROBLEM, None)
+    slot = _slot()
+    if slot is not None:
+        slot.empty()
+
+
+def _slot():
+    """This run's placeholder for the save problem (None before show_status, or from an earlier run)."""
+    ctx = get_script_run_ctx()
+    held = st.session_state.get(SLOT)
+    if ctx is None or held is None or held[0] is not ctx.cursors:  # cursors: new for every run
+        return None
+    return held[1]
 
 
 def show_status() -> None:
     """Messages about the store for this run: a set-aside file, a failed save, a bad link."""
     for note in store().notices:
-        if not st.session_state.get("conv.noticed." + note[:40]):
+        if not st.session_state.get("conv.noticed." + note):
             st.warning(note, icon="🗄️")
-            st.session_state["conv.noticed." + note[:40]] = True
+            st.session_state["conv.noticed." + note] = True
     flash = st.session_state.pop(FLASH, None)
     if flash:
         st.warning(flash, icon="🔗")
+    slot = st.empty()  # a save that fails later in this run shows here, at once
+    ctx = get_script_run_ctx()
+    st.session_state[SLOT] = (ctx.cursors if ctx is not None else None, slot)
     problem = st.session_state.get(PROBLEM)
     if problem is not None:
-        st.warning(problem[1], icon="💾")
+        slot.warning(problem[1], icon="💾")
