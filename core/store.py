@@ -474,7 +474,7 @@ class Store:
         ).scalar()
         if count >= self.max_conversations:
             raise LimitReached(
-                f"You have {count} saved conversations, the most this app keeps per visitor. "
+                f"You have {count} saved conversation{'' if count == 1 else 's'}, the most this app keeps per visitor. "
                 "Delete one in the sidebar's history to save a new one."
             )
 
@@ -625,7 +625,7 @@ class Store:
         size = self._size(conn, cid)
         if size > self.max_bytes:
             raise LimitReached(
-                f"This conversation has reached the storage limit of {self.max_bytes / 1e6:.0f} MB, so "
+                f"This conversation has reached the storage limit of {self.max_bytes / 2**20:g} MB, so "
                 "its newest changes were not saved. Start a new conversation to keep chatting with saving."
             )
         values: dict[str, Any] = {

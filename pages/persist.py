@@ -189,7 +189,9 @@ def load(cid: str) -> bool:
                 and take.trace.finish_reason == "running"
                 and take.trace.trace_id not in RUNNING
             ):
-                take.trace.finish_reason = "stopped"  # cut off by a restart or a closed tab
+                # cut off by a restart or a closed tab. (Were another app process still writing
+                # it, its next save wins: a stored trace only grows, core.store._older_copy.)
+                take.trace.finish_reason = "stopped"
                 if CUT_OFF not in take.trace.notices:
                     take.trace.notices.append(CUT_OFF)
     history[:] = loaded  # in place: pages hold references to this list
