@@ -187,14 +187,32 @@ def text_block(text: str, caption: bool = False) -> str:
 _MD_CODE = re.compile(r"(```[\s\S]*?(?:```|$)|~~~[\s\S]*?(?:~~~|$)|`[^`\n]*`)")
 
 
-def markdown_safe(text: str) -> str:
-    """Model or user text made safe for st.markdown: images are shown as text, never fetched.
+_SOFT_BREAK = re.compile(r"[ \t]*(?<!\n)\n(?!\n)")  # one line break, not a blank line
 
-    Streamlit escapes raw HTML and drops ``javascript:`` links, but a markdown image
-    ``![x](https://host/pixel?q=...)`` would make the visitor's browser fetch any URL: a
-    tracking pixel, or a channel a prompt injection can leak the conversation through.
-    "![" becomes "!\\[", which renders as the literal characters. Code spans and fenced
-    blocks are left alone (markdown shows them literally already).
+
+def markdown_safe(text: str) -> str:
+    """Model or user text made safe for st.markdown, with its line breaks kept.
+
+    Images are shown as text, never fetched: Streamlit escapes raw HTML and drops
+    ``javascript:`` links, but a markdown image ``![x](https://host/pixel?q=...)`` would make
+    the visitor's browser fetch any URL: a tracking pixel, or a channel a prompt injection can
+    leak the conversation through. "![" becomes "!\\[", which renders as the literal characters.
+    subtle: markdown joins lines separated by a single newline into one paragraph, so a poem
+    the model wrote line by line would show as one line. Each single newline becomes a hard
+    break (two spaces, then the newline); blank lines still separate paragraphs. Code spans
+    and fenced blocks are left alone (markdown shows them literally, line breaks included).
     """
+    text = text.replace("\r\n", "\n").replace("\r", "\n")
     parts = _MD_CODE.split(text)  # odd indices are code
-    return "".join(p if i % 2 else p.replace("![", "!\\[") for i, p in enumerate(parts))
+    out = []
+    for i, part in enumerate(parts):
+        if i % 2:
+            out.append(part)
+            continue
+        part = part.replace("![", "!\\[")
+        tail = ""
+        if i + 1 < len(parts) and parts[i + 1].startswith(("```", "~~~")):  # a fence opens its own block
+            tail = part[len(part.rstrip("\n")) :]
+            part = part[: len(part) - len(tail)]
+        out.append(_SOFT_BREAK.sub("  \n", part) + tail)
+    return "".join(out)

@@ -5,12 +5,13 @@ from __future__ import annotations
 from html.parser import HTMLParser
 
 import pytest
+from markdown_it import MarkdownIt
 
 from core.conversation import Message
 from core.explain.candidates import reply_chips
 from core.explain.summary import summarize
 from core.generation import generate, new_trace
-from core.html import chips, esc, probability_legend, text_block
+from core.html import chips, esc, markdown_safe, probability_legend, text_block
 from core.settings import SamplingSettings
 from core.tokens import readable
 from tests.conftest import make_trace
@@ -83,3 +84,46 @@ def test_hostile_reply_stays_literal_in_chips(lm, hostile):
 
 def test_esc_covers_quotes_and_angle_brackets():
     assert esc('<a href="x">\'') == "&lt;a href=&quot;x&quot;&gt;&#x27;"
+
+
+# -- the chat keeps the model's line breaks (markdown_safe) -----------------------------------
+def _render(markdown: str) -> str:
+    """CommonMark with GFM tables and raw HTML escaped, as st.markdown renders it."""
+    return MarkdownIt("commonmark", {"html": False}).enable("table").render(markdown)
+
+
+POEM_TEXT = "The ocean is wide,\nA place where the sea meets the sky,\n\nThe waves roll in,\nAnd out again."
+
+
+def test_a_real_poem_keeps_its_lines(lm):
+    """The model's tokens hold the line breaks (↵); the rendered chat message must show them."""
+    trace = _forced_trace(lm, POEM_TEXT)
+    assert trace.text == POEM_TEXT and any(readable(lm.tokenizer, t) == "↵" for t in trace.output_ids)
+    rendered = _render(markdown_safe(trace.text))
+    assert rendered.count("<br />") == 2  # the two single line breaks; the blank line ends a paragraph
+    assert rendered.count("<p>") == 2
+    for line in POEM_TEXT.splitlines():
+        assert line in rendered
+
+
+BREAKS = [
+    ("a\nb", "a  \nb"),
+    ("a\n\nb", "a\n\nb"),  # a paragraph break stays one
+    ("a   \nb", "a  \nb"),  # trailing spaces are not doubled up
+    ("a\r\nb", "a  \nb"),
+    ("```\nx = 1\ny = 2\n```\nafter", "```\nx = 1\ny = 2\n```  \nafter"),  # code is left alone
+    ("before\n```\nx\n```", "before\n```\nx\n```"),  # the line before a fence is left alone
+    ("see `a\\b`\nnext", "see `a\\b`  \nnext"),
+    ("![x](https://evil/p?q=1)\nline", "!\\[x](https://evil/p?q=1)  \nline"),
+]
+
+
+def test_markdown_safe_turns_single_newlines_into_hard_breaks():
+    assert [markdown_safe(text) for text, _ in BREAKS] == [want for _, want in BREAKS]
+
+
+def test_line_breaks_add_no_markup_a_reply_could_abuse():
+    hostile = "<script>x</script>\n![p](https://evil/pixel)\n[l](javascript:alert(1))"
+    rendered = _render(markdown_safe(hostile))
+    assert "<img" not in rendered and "<script" not in rendered
+    assert rendered.count("<br />") == 2
