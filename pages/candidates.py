@@ -13,8 +13,15 @@ import streamlit as st
 from core.branch import BranchError, branch, divergence
 from core.cache import BoundedCache
 from core.charts.candidates import STEP_PICK, candidates_bar, lens_heatmap, reply_line, what_if_side_by_side
-from core.explain.candidates import reply_chips, steps_table, tokens_for_90, top_candidates, what_if
-from core.explain.lens import first_layer_with_answer, lens_table
+from core.explain.candidates import (
+    STEP_COLUMNS,
+    reply_chips,
+    steps_table,
+    tokens_for_90,
+    top_candidates,
+    what_if,
+)
+from core.explain.lens import MIDDLE_LAYERS_NOTE, first_layer_with_answer, lens_table
 from core.explain.summary import percent
 from core.html import chips, probability_legend
 from core.settings import SamplingSettings
@@ -135,7 +142,13 @@ def whole_reply(trace: Trace, i: int) -> None:
         "Blue: the chosen token's probability; orange dashes: entropy. Click a point to open that step."
     )
     shown = table.assign(step=table["step"] + 1)  # numbered from 1, as the slider and pills
-    st.dataframe(shown, hide_index=True, height=260)
+    headers = {  # readable headers, help on hover, percentages as percentages
+        col: st.column_config.NumberColumn(label, help=tip, format=fmt)
+        if fmt
+        else st.column_config.Column(label, help=tip)
+        for col, (label, tip, fmt) in STEP_COLUMNS.items()
+    }
+    st.dataframe(shown, hide_index=True, height=260, column_config=headers)
     st.download_button(
         "⬇ Steps (CSV)",
         shown.to_csv(index=False).encode("utf-8"),
@@ -213,7 +226,7 @@ def lens_view(trace: Trace, i: int) -> None:
     seconds = time.perf_counter() - start
     layer = first_layer_with_answer(table)
     found = f"The emitted token is the top guess from layer {layer} on." if layer is not None else ""
-    st.caption(f"{found} Computed in {seconds:.2f} s (cached for this step).")
+    st.caption(f"{found} {MIDDLE_LAYERS_NOTE} Computed in {seconds:.2f} s (cached for this step).")
     st.altair_chart(lens_heatmap(table), width="content")
 
 

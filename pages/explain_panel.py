@@ -13,7 +13,7 @@ import streamlit as st
 
 from core.cache import BoundedCache
 from core.conversation import Message
-from core.explain.candidates import reply_chips, uncertain_moments
+from core.explain.candidates import find_repetition, reply_chips, runner_up, uncertain_moments
 from core.explain.summary import context_before, percent, summarize
 from core.export import explanation_json
 from core.html import chips, probability_legend, text_block
@@ -62,18 +62,36 @@ def show(message: Message) -> None:
         )
         st.html(chip_html)
         st.html(text_block(summary))
-        st.markdown("**Where it was least sure**")
+        st.markdown(
+            "**Where it was least sure**: the closest calls, where the runner-up was likeliest",
+            help="A pick at 68% can still be a close call when the runner-up had 27%, and that one step can "
+            "decide what the whole reply is about. So these are the steps whose runner-up was most likely.",
+        )
         for i in uncertain_moments(trace, 3):
             step = trace.steps[i]
+            other = runner_up(step)
             before = context_before(tok, trace, i) or "(start of the reply)"
+            rival = f" over “{readable(tok, other[0])}” {percent(other[1])}" if other else ""
             label = (
-                f"Step {i + 1}: “{readable(tok, step.token_id)}” at {percent(step.prob)}, after “{before}”"
+                f"Step {i + 1}: “{readable(tok, step.token_id)}” {percent(step.prob)}{rival}, "
+                f"after “{before}”"
             )
             st.page_link(
                 "pages/candidates.py",
                 label=plain_label(label),
                 icon="🎯",
                 query_params={"reply": trace.trace_id, "step": str(i)},
+            )
+        loop = find_repetition(trace)
+        if loop is not None:
+            st.page_link(
+                "pages/candidates.py",
+                label=plain_label(
+                    f"A loop starts at step {loop.start + 1}: from there it copies the text first written "
+                    f"at step {loop.source + 1}"
+                ),
+                icon="🔁",
+                query_params={"reply": trace.trace_id, "step": str(loop.start)},
             )
         st.markdown("**Explain this reply on**")
         available = [p for p in EXPLAIN_PAGES if (ROOT / p[0]).is_file()]

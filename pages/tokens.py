@@ -7,7 +7,7 @@ import streamlit as st
 
 from core.cache import BoundedCache
 from core.charts import tokens as charts
-from core.conversation import PromptTooLong
+from core.conversation import PromptTooLong, reply_number
 from core.explain import bpe, tokenization
 from core.html import Chip, chips
 from core.models import ModelUnavailable
@@ -37,9 +37,11 @@ def pick_message() -> tuple[pd.DataFrame, str]:
         st.page_link("pages/chat.py", label="Go to the chat", icon="💬")
         st.stop()
 
-    def label(i: int) -> str:
+    def label(i: int) -> str:  # a reply is "Reply 3", as every other page names it
         preview = history[i].content.strip().replace("\n", " ")
-        return f"{i} · {history[i].role}: {preview[:60]}{'…' if len(preview) > 60 else ''}"
+        role = history[i].role
+        name = f"Reply {reply_number(history, i)}" if role == "assistant" else f"{i} · {role}"
+        return f"{name}: {preview[:60]}{'…' if len(preview) > 60 else ''}"
 
     index = st.selectbox(
         "Message", range(len(history)), index=len(history) - 1, format_func=label, key="tokens.message"

@@ -5,19 +5,25 @@ from __future__ import annotations
 import pytest
 import torch
 
+from core.charts.candidates import candidates_bar, reply_line
 from core.conversation import Message
 from core.explain.candidates import (
+    STEP_COLUMNS,
+    find_repetition,
     reply_chips,
+    runner_up,
     steps_table,
     tokens_for_90,
     top_candidates,
     uncertain_moments,
     what_if,
 )
+from core.explain.forward import context_ids
 from core.generation import generate, new_trace
 from core.sampling import sampling_probs
-from core.settings import SamplingSettings
-from core.trace import TOP_CANDIDATES, Step
+from core.settings import DEFAULT_SYSTEM_PROMPT, SamplingSettings
+from core.tokens import readable
+from core.trace import TOP_CANDIDATES, Step, Trace
 from tests.conftest import make_trace
 
 WHAT_IFS = [
@@ -108,11 +114,124 @@ def test_steps_table_follows_the_trace(lm, greedy_trace):
     assert len(cands) == 10 and cands["chosen"].iloc[0] and cands["prob"].is_monotonic_decreasing
 
 
-def test_uncertain_moments_are_the_lowest_probability_steps(greedy_trace):
+def test_uncertain_moments_are_the_closest_calls(greedy_trace):
+    """Ranked by the runner-up's probability (how likely the road not taken was), not by the
+    chosen token's: a confident-looking pick can hide the fork that decided the reply."""
     picked = uncertain_moments(greedy_trace, 3)
-    probs = sorted(s.prob for s in greedy_trace.steps)
-    assert sorted(greedy_trace.steps[i].prob for i in picked) == probs[:3]
+    runner_ups = sorted((sorted(s.top_probs, reverse=True)[1] for s in greedy_trace.steps), reverse=True)
+    got = sorted((greedy_trace.steps[i].top_probs[1] for i in picked), reverse=True)  # greedy: rank 1 chosen
+    assert got == runner_ups[:3]
     assert picked == sorted(picked)
+
+
+def test_the_issue_fork_capital_over_population_is_listed(lm):
+    """The follow-up "What is its population?" answered about the capital: step 2 chose
+    "capital" (68%) over "population" (27%). Ranked by the chosen token it was not listed."""
+    history = [Message("system", DEFAULT_SYSTEM_PROMPT), Message("user", "What is the capital of Australia?")]
+    first = make_trace(lm, history, SamplingSettings(temperature=0, max_new_tokens=24))
+    history += [Message("assistant", first.text), Message("user", "What is its population?")]
+    trace = make_trace(lm, history, SamplingSettings(temperature=0, max_new_tokens=24))
+    fork = trace.output_ids.index(lm.tokenizer.encode(" capital", add_special_tokens=False)[0])
+    assert readable(lm.tokenizer, runner_up(trace.steps[fork])[0]) == "·population"
+    assert fork in uncertain_moments(trace, 3)
+    assert fork not in sorted(range(len(trace.steps)), key=lambda i: trace.steps[i].prob)[:3]
+
+
+@pytest.fixture(scope="module")
+def long_shot(lm, two_turn) -> tuple[Step, int]:
+    """A real sampled step whose token ranks below the 10 candidates a chart shows by default."""
+    for seed in range(20):
+        trace = make_trace(lm, two_turn, SamplingSettings(temperature=1.5, top_k=0, top_p=1.0, seed=seed))
+        for step in trace.steps:
+            if 10 < step.rank <= TOP_CANDIDATES:
+                return step, seed
+    raise AssertionError("no sampled step ranked 11-50 in 20 seeds")
+
+
+def test_the_chosen_token_is_always_in_the_candidates_chart(lm, long_shot):
+    step, _ = long_shot
+    table = top_candidates(lm.tokenizer, step, 10)
+    assert table["rank"].tolist()[:10] == list(range(1, 11))
+    chosen = table[table["chosen"]]
+    assert len(chosen) == 1 and int(chosen["rank"].iloc[0]) == step.rank
+    assert chosen["token"].iloc[0] == readable(lm.tokenizer, step.token_id)
+    assert chosen["prob"].iloc[0] == step.prob
+    rows = candidates_bar(table).to_dict()["datasets"]
+    (data,) = rows.values()
+    labels = [r["label"] for r in data if r["chosen"]]
+    assert labels == [f"… {step.rank}. {readable(lm.tokenizer, step.token_id)} ◀ chosen"]
+    # the what-if chart too, from the recorded top 50
+    wi = what_if(lm.tokenizer, step, SamplingSettings(temperature=0.5), n=10)
+    assert wi["chosen"].sum() == 1 and int(wi[wi["chosen"]]["rank"].iloc[0]) == step.rank
+
+
+def test_a_chosen_token_among_the_shown_is_not_repeated(lm, greedy_trace, long_shot):
+    table = top_candidates(lm.tokenizer, greedy_trace.steps[0], 10)
+    assert len(table) == 10 and table["chosen"].sum() == 1
+    step, _ = long_shot
+    assert len(top_candidates(lm.tokenizer, step, step.rank)) == step.rank
+    assert len(top_candidates(lm.tokenizer, step, step.rank - 1)) == step.rank  # the pick, once
+
+
+def test_what_if_honours_the_repetition_penalty(lm, two_turn):
+    """A reply sampled with a penalty: the what-if under its own settings, given the text the
+    model had read, gives back what the sampler recorded, renormalised over the recorded 50
+    (without filters that is exact; without the text the penalty cannot be applied at all)."""
+    settings = SamplingSettings(
+        temperature=0.8, top_k=0, top_p=1.0, max_new_tokens=24, seed=3, repetition_penalty=1.5
+    )
+    trace = make_trace(lm, two_turn, settings)
+    plain = SamplingSettings(temperature=0.8, top_k=0, top_p=1.0)
+    changed = 0
+    for i, step in enumerate(trace.steps):
+        got = what_if(lm.tokenizer, step, trace.settings, n=TOP_CANDIDATES, context_ids=context_ids(trace, i))
+        recorded = torch.tensor(step.top_sample_probs)
+        torch.testing.assert_close(
+            torch.tensor(got["what_if"].tolist()), recorded / recorded.sum(), atol=1e-4, rtol=1e-3
+        )
+        unpenalised = what_if(lm.tokenizer, step, plain, n=TOP_CANDIDATES)["what_if"]
+        changed += not torch.allclose(
+            torch.tensor(got["what_if"].tolist()), torch.tensor(unpenalised.tolist())
+        )
+    assert changed > len(trace.steps) / 2  # the penalty really moved the distributions
+    with pytest.raises(ValueError):
+        what_if(lm.tokenizer, trace.steps[0], trace.settings)
+
+
+def test_find_repetition_on_known_ids():
+    def trace_of(ids: list[int]) -> Trace:
+        steps = [Step(t, "x", 0.5, 0.5, 1, 1.0, [], [], [], []) for t in ids]
+        return Trace([], [], SamplingSettings(), "m", steps)
+
+    loop = find_repetition(trace_of([9, 8] + [1, 2, 3] * 8))
+    assert (loop.start, loop.end, loop.source, loop.period, loop.copies) == (5, 26, 2, 3, 7)
+    assert find_repetition(trace_of(list(range(40)))) is None
+    assert find_repetition(trace_of([1, 2, 3, 4] * 3)) is None  # 8 copied tokens: too short to call a loop
+
+
+def test_the_loop_is_marked_in_the_steps_table_and_the_whole_reply_chart(lm):
+    poem = [Message("system", DEFAULT_SYSTEM_PROMPT), Message("user", "Write a short poem about the ocean.")]
+    trace = make_trace(lm, poem, SamplingSettings(temperature=0, max_new_tokens=200))
+    loop = find_repetition(trace)
+    table = steps_table(lm.tokenizer, trace)
+    assert table.index[table["repeats"]].tolist() == list(range(loop.start, loop.end))
+    spec = reply_line(table, 3).to_dict()
+    bands = [layer for layer in spec["layer"] if layer.get("mark", {}).get("type") == "rect"]
+    assert len(bands) == 1
+    (band,) = [d for d in spec["datasets"].values() if d and "from" in d[0]]
+    assert band == [{"from": loop.start + 1, "to": loop.end, "what": "repeats earlier text (a loop)"}]
+    plain = reply_line(steps_table(lm.tokenizer, make_trace(lm, poem[:1] + [Message("user", "Hi")])), 0)
+    assert not [la for la in plain.to_dict()["layer"] if la.get("mark", {}).get("type") == "rect"]
+
+
+def test_every_steps_column_has_a_readable_header_and_help(lm, greedy_trace):
+    table = steps_table(lm.tokenizer, greedy_trace)
+    assert list(table.columns) == list(STEP_COLUMNS)
+    for column, (header, tip, _) in STEP_COLUMNS.items():
+        assert "_" not in header and tip.endswith((".", ")")) and len(tip) > 20, column
+    assert STEP_COLUMNS["sample_prob"][0] == "chance in the draw"
+    assert STEP_COLUMNS["top50_mass"][0] == "top-50 share"
+    assert STEP_COLUMNS["runner_up_prob"][0] == "runner-up probability"
 
 
 def test_tokens_for_90(greedy_trace):

@@ -9,12 +9,24 @@ import pandas as pd
 STEP_PICK = "step_pick"  # name of the point selection on the whole-reply chart
 CHOSEN = "#e11d48"
 OTHER = "#60a5fa"
+LOOP = "#a855f7"  # the stretch where the reply copies itself
+STEP_TITLE = "step (1 = the reply's first token)"
+LINE_HEIGHT = 260  # px, the whole-reply chart
 
 
 def _labelled(df: pd.DataFrame) -> pd.DataFrame:
-    """Add a unique y label "3. ·Paris" (two tokens can look the same when shown)."""
+    """Add a unique y label "3. ·Paris" (two tokens can look the same when shown).
+
+    A row whose rank does not follow the one above (the chosen token, appended from far
+    down the list) reads "… 21. ·at ◀ chosen", so the gap and the pick are both visible.
+    """
     data = df.copy()
-    data["label"] = [f"{r}. {t}" for r, t in zip(data["rank"], data["token"], strict=True)]
+    labels, previous = [], 0
+    for r, t, chosen in zip(data["rank"], data["token"], data["chosen"], strict=True):
+        gap = r != previous + 1
+        labels.append(f"{'… ' if gap else ''}{r}. {t}{' ◀ chosen' if gap and chosen else ''}")
+        previous = r
+    data["label"] = labels
     return data
 
 
@@ -64,14 +76,14 @@ def reply_line(table: pd.DataFrame, current: int | None = None) -> alt.LayerChar
     """Chosen-token probability (left axis) and entropy in bits (right axis) across the reply.
 
     Clicking a point selects that step (selection parameter STEP_PICK, field "step", the
-    0-based index). The axis numbers steps from 1, as the pages do. table: steps_table() output.
+    0-based index). The axis numbers steps from 1, as the pages do. table: steps_table() output;
+    where its `repeats` column is true (a loop, see find_repetition) a purple band says so,
+    because the high probability there comes from copying.
     """
     pick = alt.selection_point(name=STEP_PICK, fields=["step"], on="click", nearest=True, empty=False)
     table = table.assign(step_no=table["step"] + 1)
     steps_axis = alt.Axis(tickMinStep=1, format="d")  # whole steps, never "1.5"
-    base = alt.Chart(table).encode(
-        x=alt.X("step_no:Q", title="step (1 = the reply's first token)", axis=steps_axis)
-    )
+    base = alt.Chart(table).encode(x=alt.X("step_no:Q", title=STEP_TITLE, axis=steps_axis))
     tips = [
         alt.Tooltip("step_no:Q", title="step"),
         alt.Tooltip("token:N"),
@@ -92,6 +104,22 @@ def reply_line(table: pd.DataFrame, current: int | None = None) -> alt.LayerChar
         tooltip=tips,
     )
     layers = [prob, entropy]
+    looped = table[table["repeats"]] if "repeats" in table else table.iloc[:0]
+    if len(looped):
+        band = pd.DataFrame(  # from the loop's first step to its last: the axis keeps its range
+            {
+                "from": [int(looped["step_no"].min())],
+                "to": [int(looped["step_no"].max())],
+                "what": ["repeats earlier text (a loop)"],
+            }
+        )
+        shade = alt.Chart(band).encode(x=alt.X("from:Q", title=STEP_TITLE, axis=steps_axis), x2="to:Q")
+        layers.insert(
+            0, shade.mark_rect(color=LOOP, opacity=0.12).encode(tooltip=[alt.Tooltip("what:N", title="")])
+        )
+        # mid-height: in a loop the probability runs along the top and the entropy along the bottom
+        label = shade.mark_text(align="left", dx=6, color=LOOP, fontSize=12, fontWeight="bold")
+        layers.append(label.encode(text="what:N", y=alt.value(LINE_HEIGHT // 2)))
     if current is not None:
         marker = pd.DataFrame({"step_no": [current + 1]})
         layers.append(
@@ -99,7 +127,7 @@ def reply_line(table: pd.DataFrame, current: int | None = None) -> alt.LayerChar
             .mark_rule(color=CHOSEN, strokeWidth=2)
             .encode(x=alt.X("step_no:Q", axis=steps_axis))
         )
-    return alt.layer(*layers).resolve_scale(y="independent").properties(height=260)
+    return alt.layer(*layers).resolve_scale(y="independent").properties(height=LINE_HEIGHT)
 
 
 def lens_heatmap(table: pd.DataFrame) -> alt.LayerChart:

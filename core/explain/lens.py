@@ -18,6 +18,12 @@ from core.models import LoadedModel
 from core.tokens import readable
 from core.trace import Trace
 
+MIDDLE_LAYERS_NOTE = (
+    "The middle rows show mostly punctuation and other very common tokens, and that is expected: the "
+    "output head was trained to read only the last layer, so a middle layer's vector, still on its way "
+    "there, lands on the tokens that fit almost any context."
+)
+
 
 def lens_probs(lm: LoadedModel, trace: Trace, step: int) -> torch.Tensor:
     """Next-token probabilities read off every layer at `step`: (layers + 1, vocab).
