@@ -67,9 +67,14 @@ st.markdown(
     "- **Green to red** is the probability the model gave a token: green was expected, red was a surprise.\n"
     "- **Dark chips** are template markers the app adds around each message; the model reads them too.\n"
     "- **Dashed chips** are byte fragments: one character (an emoji, say) split over several tokens.\n"
-    "- **Blue strength** shows attention or similarity: the darker, the stronger.\n"
-    "- Replies are **sampled**: at temperature 0 the model always takes its top choice; higher temperatures "
-    "let less likely tokens through. The sidebar on the Chat page sets this, with a seed for repeatable runs."
+    "- **Blue strength** shows attention: the darker the blue, the more a token looked at another.\n"
+    "- **Similarity heatmaps** (the Embeddings page) run from **orange** (two vectors point the same way, "
+    "cosine near 1) through white (unrelated, 0) to **blue** (opposite ways, near -1).\n"
+    "- Replies are **sampled**: at temperature 0 the model always takes its top choice. Otherwise each "
+    "token is a random draw: temperature below 1 sharpens the odds toward the top tokens, above 1 flattens "
+    "them; top-k and top-p drop the unlikely tail before the draw; a repetition penalty above 1 lowers every "
+    "token already in the text, which can keep a small model out of loops. The sidebar on the Chat page sets this, "
+    "with a seed for repeatable runs."
 )
 
 st.subheader("The model")
@@ -85,4 +90,4 @@ st.markdown(
     "quick and easy to look inside, but it makes mistakes a large model would not: treat its answers "
     "as something to study, not as facts."
 )
-st.caption(f"Loaded in {lm.load_seconds:.1f} s. Source: {lm.source}")
+st.caption(f"Loaded in {lm.load_seconds:.1f} s. Source: {lm.public_source}")

@@ -20,8 +20,9 @@ lm = common.chat_model()
 common.model_badge(lm)
 st.title("🧭 Embeddings: text as vectors")
 st.caption(
-    "A model reads every token as a list of numbers, a vector. Vectors that point the same way "
-    "(cosine similarity near 1) stand for things the model treats as alike."
+    "A model reads every token as a list of numbers, a vector. The heatmaps show the cosine similarity "
+    "of two vectors: orange where they point the same way (near 1), white where they are unrelated (0), "
+    "blue where they point opposite ways (near -1)."
 )
 link_slot = st.container()
 
@@ -83,20 +84,29 @@ def token_view() -> None:
     else:
         with st.spinner(f"Running the model once over all {len(trace.full_ids):,} tokens of this reply…"):
             vectors = emb.token_vectors(lm, trace, part, layer)  # (n, d)
-    centre = st.checkbox(
-        "Remove the direction all these tokens share (centre the vectors)",
-        False,
-        key="embeddings.centre",
-        help="Hidden states share a few very large directions, so their raw cosines are all high. "
-        "Subtracting the mean vector shows what differs between tokens. Equal input embeddings stay equal.",
+    centres = list(emb.CENTRES) if layer == 0 else ["shown", "none"]  # the vocabulary's mean is layer 0's
+    centre = st.radio(
+        "Before comparing, subtract",
+        centres,
+        format_func=emb.CENTRES.get,
+        horizontal=True,
+        key="embeddings.centre" if layer == 0 else "embeddings.centre_hidden",
+        index=0 if layer == 0 else 1,
+        help="Vectors that share a common direction all look alike under raw cosine. Subtracting a mean "
+        "vector takes that direction out and shows what differs. The mean of the tokens shown changes "
+        "with the tokens you pick; the whole vocabulary's mean is the same for every message. "
+        "Equal input embeddings stay equal either way.",
     )
+    if layer == 0:
+        st.caption(emb.raw_cosine_note(lm))
     start, end = window(part.end - part.start, "embeddings.window")
     ids = trace.full_ids[part.start + start : part.start + end]
     labels = emb.token_labels(lm, ids)
     positions = list(range(start, end))
     shown = vectors[start:end]  # (w, d)
     what = "input embeddings" if layer == 0 else f"hidden states after layer {layer}"
-    what += ", centred" if centre else ""
+    centred = {"vocabulary": ", centred on the vocabulary's mean", "shown": ", centred on their mean"}
+    what += centred.get(centre, "")
 
     heat_box = st.container()
     projection = emb.pca_2d(shown)
@@ -114,7 +124,8 @@ def token_view() -> None:
     )
     highlight = selected_position(event)
     with heat_box:
-        frame = emb.similarity_frame(labels, emb.cosine_matrix(shown, centre), positions)
+        origin = emb.vocabulary_mean(lm) if centre == "vocabulary" else None
+        frame = emb.similarity_frame(labels, emb.cosine_matrix(shown, centre == "shown", origin), positions)
         st.altair_chart(
             charts.similarity_heatmap(frame, f"Cosine similarity of the {what}", highlight, cell=12),
             width="content",

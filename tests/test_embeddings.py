@@ -187,3 +187,34 @@ def test_reply_about_ranks_the_related_message_first(embedder):
         assert ranking["similarity"].is_monotonic_decreasing
         frame, projection = emb.message_map(units, vectors)
         assert len(frame) == len(units) and 0 < sum(projection.explained) <= 1 + 1e-9
+
+
+# -- centring on the whole vocabulary (issue 18, item 6) ---------------------------------------
+def test_vocabulary_centring_undoes_the_shared_direction(lm: LoadedModel):
+    """Raw cosine puts "Canberra" closer to <|im_end|> than to "Australia"; centred on the
+    whole vocabulary's mean the order is the sensible one, and <|im_end|> falls near 0."""
+    ids = [
+        lm.tokenizer.encode(w, add_special_tokens=False)[0] for w in (" Canberra", " Australia", "<|im_end|>")
+    ]
+    vectors = emb.input_embeddings(lm, ids)  # (3, d)
+    raw = emb.cosine_matrix(vectors)
+    assert raw[0, 2] > raw[0, 1] > 0.5  # the issue's 0.66 > 0.60
+    weight = lm.model.get_input_embeddings().weight.detach().double()
+    mean = emb.vocabulary_mean(lm)
+    np.testing.assert_allclose(mean.double().numpy(), weight.mean(0).numpy(), atol=1e-6)
+    centred = emb.cosine_matrix(vectors, origin=mean)
+    assert centred[0, 1] > centred[0, 2] and abs(centred[0, 2]) < 0.15
+    direct = (vectors.double() - mean.double()).numpy()
+    want = direct @ direct.T / np.outer(np.linalg.norm(direct, axis=1), np.linalg.norm(direct, axis=1))
+    np.testing.assert_allclose(centred, want, atol=1e-9)
+
+
+def test_the_raw_cosine_note_gives_the_real_shared_direction(lm: LoadedModel):
+    weight = lm.model.get_input_embeddings().weight.detach().double()
+    mean = weight.mean(0)
+    cos = (weight @ mean) / (weight.norm(dim=1) * mean.norm())
+    assert emb.shared_direction(lm) == pytest.approx(float(cos.mean()), abs=1e-4)
+    assert emb.shared_direction(lm) > 0.5  # every input embedding leans the same way
+    note = emb.raw_cosine_note(lm)
+    assert f"{emb.shared_direction(lm):.2f}" in note and note.count(". ") == 0  # one sentence
+    assert list(emb.CENTRES)[0] == "vocabulary"  # the page's default

@@ -28,7 +28,7 @@ from core.trace import Trace
 _STATES: BoundedCache[torch.Tensor] = BoundedCache(4, max_bytes=300 * 2**20)
 # Sentence vectors per text: 384 floats each, so many fit.
 _SENTENCES: BoundedCache[np.ndarray] = BoundedCache(2048)
-_NORMS: BoundedCache[torch.Tensor] = BoundedCache(2)
+_NORMS: BoundedCache[torch.Tensor] = BoundedCache(6)  # per model: row norms, mean row, shared cosine
 
 ANALOGY_NOTE = (
     "Small models do this imperfectly: a 135M-parameter model's input embeddings are not trained "
@@ -97,14 +97,23 @@ def token_vectors(lm: LoadedModel, trace: Trace, part: MessagePart, layer: int) 
 
 
 # -- similarity and projection ---------------------------------------------------------------
-def cosine_matrix(vectors: torch.Tensor | np.ndarray, centre: bool = False) -> np.ndarray:
+def cosine_matrix(
+    vectors: torch.Tensor | np.ndarray,
+    centre: bool = False,
+    origin: torch.Tensor | np.ndarray | None = None,
+) -> np.ndarray:
     """Cosine similarity of every pair of rows: (n, d) -> (n, n), symmetric, ones on the diagonal.
 
-    centre subtracts the mean row first. subtle: hidden states share a few very large
-    directions, so raw cosines between them are all high; centring shows what differs.
+    centre subtracts the mean of these rows first; origin subtracts a given vector (d,)
+    instead, e.g. vocabulary_mean. subtle: every input embedding shares one common direction
+    and hidden states share a few very large ones, so raw cosines between them are all high;
+    centring shows what differs. The mean of the rows shown depends on which rows are shown
+    (and is pulled toward them); the vocabulary's mean is the same for every view.
     """
     x = torch.as_tensor(np.asarray(vectors) if not isinstance(vectors, torch.Tensor) else vectors).double()
-    if centre and x.shape[0] > 1:
+    if origin is not None:
+        x = x - torch.as_tensor(np.asarray(origin)).double().reshape(1, -1)  # (n, d)
+    elif centre and x.shape[0] > 1:
         x = x - x.mean(dim=0, keepdim=True)  # (n, d)
     x = torch.nn.functional.normalize(x, dim=-1)  # (n, d), unit rows
     sim = (x @ x.T).clamp(-1.0, 1.0)  # (n, n)
@@ -177,6 +186,44 @@ def token_map(labels: list[str], positions: list[int], projection: Projection) -
 
 
 # -- the whole vocabulary --------------------------------------------------------------------
+CENTRES = {  # how a token-similarity heatmap may centre its vectors: key -> what the reader sees
+    "vocabulary": "the mean of the whole vocabulary",
+    "shown": "the mean of the tokens shown",
+    "none": "nothing (raw cosine)",
+}
+
+
+def vocabulary_mean(lm: LoadedModel) -> torch.Tensor:
+    """The mean of every row of the input embedding matrix: (d,). One pass over 49,152 rows, cached."""
+    weight = lm.model.get_input_embeddings().weight
+    return _NORMS.get_or_compute(("mean", id(weight)), lambda: weight.detach().float().mean(dim=0))
+
+
+def shared_direction(lm: LoadedModel) -> float:
+    """The average cosine between an input embedding and the vocabulary's mean vector.
+
+    Near 0 if the vectors pointed every which way; for SmolLM2-135M it is about 0.66.
+    """
+    weight = lm.model.get_input_embeddings().weight
+    mean = vocabulary_mean(lm)
+
+    def compute() -> torch.Tensor:
+        with torch.inference_mode():
+            cos = (weight.detach().float() @ mean) / (_embedding_norms(lm) * mean.norm()).clamp_min(1e-12)
+        return cos.mean().reshape(1)
+
+    return float(_NORMS.get_or_compute(("shared", id(weight)), compute)[0])
+
+
+def raw_cosine_note(lm: LoadedModel) -> str:
+    """One sentence on why raw cosines between input embeddings are all high."""
+    return (
+        "Raw cosines between input embeddings are all fairly high because every vector in the "
+        f"vocabulary leans the same way: on average its cosine with the vocabulary's mean vector is "
+        f"{shared_direction(lm):.2f}, so any two tokens look alike before that common direction is taken out."
+    )
+
+
 def _embedding_norms(lm: LoadedModel) -> torch.Tensor:
     """‖E[v]‖ for every vocabulary row: (vocab,). Cheaper than keeping a normalised copy (113 MB)."""
     weight = lm.model.get_input_embeddings().weight

@@ -76,7 +76,7 @@ def test_every_view_of_the_embeddings_page(page):
     assert page.locator(CHARTS).count() == 2
     _whole_page(page, "embeddings-tokens-layer12")
 
-    page.locator('[data-testid="stCheckbox"]').filter(has_text="centre the vectors").locator("label").click()
+    page.locator('[data-testid="stRadio"] label').filter(has_text="the mean of the tokens shown").click()
     page.wait_for_timeout(300)
     wait_idle(page)
     assert_no_exception(page)
