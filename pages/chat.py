@@ -40,6 +40,15 @@ def sidebar() -> SamplingSettings:
     top_p = sb.slider("Top-p (1 = off)", 0.05, 1.0, step=0.01, key="chat.top_p")
     max_new = sb.slider("Maximum new tokens", 8, 1024, step=8, key="chat.max_new_tokens")
     seed = sb.number_input("Seed", 0, 2**31 - 1, key="chat.seed")
+    penalty = sb.slider(
+        "Repetition penalty (1 = off)",
+        1.0,
+        2.0,
+        step=0.05,
+        key="chat.repetition_penalty",
+        help="Above 1 lowers the score of every token already in the text (the prompt too, as "
+        "transformers' generate does); it can keep a small model out of loops.",
+    )
     if st.session_state.get(common.BUDGET, 0) > lm.context_length:
         st.session_state[common.BUDGET] = lm.context_length
     sb.number_input(
@@ -54,7 +63,7 @@ def sidebar() -> SamplingSettings:
         history[0].content = st.text_area("System prompt", key=common.SYSTEM_PROMPT, height=120)
     for key in common.CHAT_WIDGETS:
         common.remember(key)
-    return SamplingSettings(temperature, top_k, top_p, max_new, int(seed)).validated()
+    return SamplingSettings(temperature, top_k, top_p, max_new, int(seed), penalty).validated()
 
 
 def sidebar_end() -> None:

@@ -15,19 +15,9 @@ import streamlit as st
 from core.conversation import Message, reply_number
 from core.cores import fit_torch_threads
 from core.generation import warm_up
-from core.models import (
-    ENV_MODEL,
-    LoadedModel,
-    ModelUnavailable,
-    load_chat_model,
-    load_embedder,
-)
+from core.models import ENV_MODEL, LoadedModel, ModelUnavailable, load_chat_model, load_embedder
 from core.runner import runner_for
-from core.settings import (
-    DEFAULT_CONTEXT_BUDGET,
-    DEFAULT_SYSTEM_PROMPT,
-    SamplingSettings,
-)
+from core.settings import DEFAULT_CONTEXT_BUDGET, DEFAULT_SYSTEM_PROMPT, SamplingSettings
 
 MESSAGES = "chat.messages"
 SYSTEM_PROMPT = "chat.system_prompt"
@@ -45,6 +35,7 @@ CHAT_WIDGETS: dict[str, object] = {
     "chat.top_p": _DEFAULT.top_p,
     "chat.max_new_tokens": _DEFAULT.max_new_tokens,
     "chat.seed": _DEFAULT.seed,
+    "chat.repetition_penalty": _DEFAULT.repetition_penalty,
     BUDGET: DEFAULT_CONTEXT_BUDGET,
     SYSTEM_PROMPT: DEFAULT_SYSTEM_PROMPT,
 }
@@ -183,7 +174,7 @@ def settings() -> SamplingSettings:
     return SamplingSettings(**values).validated()
 
 
-_SAMPLING = ("temperature", "top_k", "top_p", "max_new_tokens", "seed")
+_SAMPLING = ("temperature", "top_k", "top_p", "max_new_tokens", "seed", "repetition_penalty")
 
 
 def saved_settings() -> dict:
