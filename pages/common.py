@@ -12,6 +12,7 @@ import threading
 from dataclasses import dataclass
 
 import streamlit as st
+
 from core.conversation import Message, reply_number
 from core.cores import fit_torch_threads
 from core.generation import warm_up
