@@ -4,16 +4,17 @@ Each variant runs in its own subprocess (so peak RSS is its own), on the same tr
 
 - sdpa:     one plain forward pass, the way generation runs (how fast the machine is right now);
 - baseline: one eager forward pass with output_attentions=True, keeping all 30 layers' weights;
-- page:     what the page computes on opening: the overview pass (sdpa + hooks recomputing only
-            the rows shown, one layer kept whole) plus the DataFrames of the model view, head
-            view and turn view; then a revisit (cached) and a switch to another layer (a pass
-            that stops early);
-- page-eager: the same with the eager fallback pass (every layer's weights made, then reduced);
+- page:     what the page computes on opening without a session cache: the overview pass (the
+            runner's rows pass: sdpa for the layers' output, the model's eager function on only
+            the rows shown) plus the DataFrames of the model view, head view and turn view;
+            then a revisit (cached) and a switch to another layer (a pass that stops early);
 - page-kv:  the page opened after chatting: the session's KV cache holds the keys and values
             of every token but the reply's last one, as generation leaves it (filled with
             SessionKV.prepare + forward over the prompt and the reply, OUTSIDE the timed
-            region); the page's rows pass reads it and computes only the reply's rows and
-            the thumbnail rows. Then a revisit and a layer switch (a rows pass up to it);
+            region); the page's session pass (core.runner.session_rows) reads it and computes
+            only the reply's rows and the thumbnail rows. Its one-time self-check against the
+            eager pass (core.runner.session_rows_exact) is timed on its own, then the page
+            open; the target counts both. Then a revisit and a layer switch (rows up to it);
 - page-kv-prompt: the same when only the prompt is cached (an older alternative reply, whose
             context the chat has since moved past): all the reply's tokens are read anew.
 
@@ -46,6 +47,7 @@ from core.explain import attention as att
 from core.generation import warm_up
 from core.kvcache import SessionKV
 from core.models import load_chat_model
+from core.runner import runner_for, session_rows_exact
 from core.settings import SamplingSettings
 from core.trace import Step, Trace
 
@@ -53,8 +55,8 @@ TOKENS = 2000
 REPLY_TOKENS = 48
 OPEN_LAYER = 15  # the page's default layer (n_layers // 2)
 OTHER_LAYER = 25
-TARGET_S, TARGET_MB = 3.0, 1536
-VARIANTS = ("sdpa", "baseline", "page", "page-eager", "page-kv", "page-kv-prompt")
+TARGET_S, TARGET_MB = 1.0, 1536
+VARIANTS = ("sdpa", "baseline", "page", "page-kv", "page-kv-prompt")
 QUESTIONS = [
     "What is the capital of France?",
     "Tell me about the Eiffel Tower.",
@@ -95,7 +97,7 @@ def conversation_trace(lm) -> Trace:
 def session_kv(lm, trace: Trace, cached: int) -> SessionKV:
     """A SessionKV holding the first `cached` tokens of the trace, filled the way generation fills it."""
     warm_up(lm)  # the lean decode path, as the chat builds it
-    lean = att._lean_of(lm)
+    lean = lm.lean
     kv = SessionKV()
     ids = trace.full_ids
     with lm.lock, torch.inference_mode():
@@ -118,10 +120,14 @@ def run_variant(variant: str, trace_path: str) -> dict:
         kv = session_kv(lm, trace, len(trace.full_ids) - 1)  # the last token is never read back
     elif variant == "page-kv-prompt":
         kv = session_kv(lm, trace, len(trace.prompt_ids))
-    loaded = peak_mb()
-    out: dict = {"variant": variant, "tokens": len(trace.full_ids), "rss_after_load_mb": loaded}
+    out: dict = {"variant": variant, "tokens": len(trace.full_ids)}
     if kv is not None:
         out["kv_tokens"] = len(kv.ids)
+        check, cpu = time.perf_counter(), time.process_time()
+        out["kv_check_ok"] = session_rows_exact(runner_for(lm))  # once per model
+        out["kv_check_s"], out["kv_check_cpu_s"] = time.perf_counter() - check, time.process_time() - cpu
+    runner_for(lm).self_check()  # done in the background at load in the app
+    out["rss_after_load_mb"] = peak_mb()
     start, cpu = time.perf_counter(), time.process_time()
     if variant == "sdpa":
         with lm.lock, torch.inference_mode():
@@ -135,23 +141,17 @@ def run_variant(variant: str, trace_path: str) -> dict:
             finally:
                 lm.model.set_attn_implementation("sdpa")
     elif variant.startswith("page"):
-        if variant == "page-eager":
-            ov = att.compute_overview(lm, trace, OPEN_LAYER, method="eager")
-        else:
-            ov = att.overview(lm, trace, keep_layer=OPEN_LAYER, kv=kv)  # the page's own call (cached)
+        ov = att.overview(lm, trace, keep_layer=OPEN_LAYER, kv=kv)  # the page's own call (cached)
         weights = att.reply_weights(lm, trace, OPEN_LAYER, kv=kv)  # (H, R, T)
         cells = len(att.model_view_frame(ov))  # model view
-        rows = range(ov.n_prompt, ov.n_tokens)
-        cells_head = len(
-            att.head_frame_by_group(weights[0], ov, rows, ov.n_prompt)
-        )  # head view, turn columns
+        first = ov.position(0)  # the step rows: P - 1 .. T - 2, each the row that chose a reply token
+        rows = range(first, ov.n_tokens - 1)
+        cells_head = len(att.head_frame_by_group(weights[0], ov, rows, first))  # head view, turn columns
         att.token_row(ov, 0, weights)  # per-token view
         att.turn_frame(ov)  # turn view
         out.update(model_view_cells=cells, head_view_cells=cells_head, pass_s=ov.seconds, method=ov.method)
         out["seconds"], out["cpu_s"] = time.perf_counter() - start, time.process_time() - cpu
         out["peak_rss_mb"] = peak_mb()
-        if variant == "page-eager":
-            return out
         again = time.perf_counter()
         att.overview(lm, trace)
         att.reply_weights(lm, trace, OPEN_LAYER)
@@ -198,7 +198,7 @@ def main() -> int:
     )
     print(f"| {'variant':<66} | {'wall (s)':>8} | {'CPU (s)':>7} | {'peak RSS (MB)':>13} |")
     print(f"|{'-' * 68}|{'-' * 10}|{'-' * 9}|{'-' * 15}|")
-    base, eager = by["baseline"], by["page-eager"]
+    base = by["baseline"]
     rows = [
         ("plain sdpa forward (no weights; machine speed now)", by["sdpa"], "seconds", "cpu_s", "peak_rss_mb"),
         (
@@ -209,13 +209,12 @@ def main() -> int:
             "peak_rss_mb",
         ),
         (
-            "page opens, no session KV: sdpa + row hooks, one layer kept, views",
+            "page opens, no session KV: runner rows pass, views",
             page,
             "seconds",
             "cpu_s",
             "peak_rss_mb",
         ),
-        ("page opens with the eager fallback pass", eager, "seconds", "cpu_s", "peak_rss_mb"),
         ("page revisit (cached)", page, "revisit_s", None, "peak_rss_mb"),
         (
             f"switch to layer {OTHER_LAYER}, no session KV (pass stops early)",
@@ -262,16 +261,20 @@ def main() -> int:
         f"Methods: {page['method']} (no KV), {kv['method']} (session KV; "
         f"filled by SessionKV.prepare + forward outside the timed region; its peak RSS includes that fill)."
     )
-    ok_t, ok_m = kv["seconds"] <= TARGET_S, kv["peak_rss_mb"] <= TARGET_MB
+    opened = kv["seconds"] + kv["kv_check_s"]
+    ok_t, ok_m = opened <= TARGET_S and kv["kv_check_ok"], kv["peak_rss_mb"] <= TARGET_MB
     print(
+        f"The session pass's one-time self-check: {'passed' if kv['kv_check_ok'] else 'FAILED'} "
+        f"in {kv['kv_check_s']:.2f} s wall, {kv['kv_check_cpu_s']:.2f} s CPU.\n"
         f"Targets, page opened after chatting (session KV): open <= {TARGET_S:.0f} s "
-        f"({'meets' if ok_t else 'MISSES'}: {kv['seconds']:.2f} s wall, {kv['cpu_s']:.1f} s CPU; "
+        f"({'meets' if ok_t else 'MISSES'}: {opened:.2f} s wall with the check, {kv['seconds']:.2f} s "
+        f"without, {kv['cpu_s']:.1f} s CPU; "
         f"{kv_prompt['seconds']:.2f} s when only the prompt is cached); peak RSS <= {TARGET_MB / 1024:.1f} GB "
         f"({'meets' if ok_m else 'MISSES'}: {kv['peak_rss_mb'] / 1024:.2f} GB vs "
         f"{base['peak_rss_mb'] / 1024:.2f} GB for the baseline, which took {base['seconds']:.1f} s).\n"
         f"Without a session KV (an imported conversation) the page opens in {page['seconds']:.2f} s wall "
-        f"({'meets' if page['seconds'] <= TARGET_S else 'misses'} the 3 s target; "
-        f"a plain sdpa pass alone takes {by['sdpa']['seconds']:.2f} s) at {page['peak_rss_mb'] / 1024:.2f} GB."
+        f"(no target: the whole context is read once; a plain sdpa pass alone takes "
+        f"{by['sdpa']['seconds']:.2f} s) at {page['peak_rss_mb'] / 1024:.2f} GB."
     )
     return 0 if ok_t and ok_m else 1
 

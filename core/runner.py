@@ -531,11 +531,16 @@ def session_rows_exact(runner: Runner) -> bool:
             ref = runner.eager_attention(ids)
             kv = SessionKV(max_tokens=len(ids))
             with runner.lm.lock, torch.inference_mode():
-                kv.prepare(lean, ids, len(ids))
-                kv.forward(lean, ids[:cached])
-                every = torch.arange(len(ids))
-                keep = lambda i, pos, w: got.__setitem__(i, w.clone())  # noqa: E731
-                _lean_rows(lean, kv.keys, kv.values, ids, cached, every, keep, None)
+                threads = torch.get_num_threads()
+                torch.set_num_threads(min(SESSION_ROWS_THREADS, threads))  # as session_rows runs
+                try:
+                    kv.prepare(lean, ids, len(ids))
+                    kv.forward(lean, ids[:cached])
+                    every = torch.arange(len(ids))
+                    keep = lambda i, pos, w: got.__setitem__(i, w.clone())  # noqa: E731
+                    _lean_rows(lean, kv.keys, kv.values, ids, cached, every, keep, None)
+                finally:
+                    torch.set_num_threads(threads)
             worst = max(float((ref[i] - got[i]).abs().max()) for i in range(runner.facts.n_layers))
         except Exception:  # noqa: BLE001 - a lean model this pass does not fit
             worst = float("inf")

@@ -9,6 +9,7 @@ import torch
 from core.conversation import Message
 from core.explain import walkthrough as wt
 from core.html import architecture_svg
+from core.runner import runner_for
 from core.sampling import sampling_probs
 from core.settings import SamplingSettings
 from tests.conftest import make_trace
@@ -37,11 +38,12 @@ def test_context_is_prompt_plus_earlier_reply_tokens(lm, greedy_trace, walk):
 
 def test_embedding_row_is_the_models_own(lm, walk):
     expected = lm.model.get_input_embeddings().weight[walk.last_id].detach().numpy()
-    assert walk.embedding.shape == (576,)
+    d = runner_for(lm).facts.d_model
+    assert walk.embedding.shape == (d,)
     np.testing.assert_array_equal(walk.embedding, expected)
     assert walk.embedding_norm == pytest.approx(float(np.linalg.norm(expected)), rel=1e-6)
     cells = wt.embedding_cells(walk.embedding)
-    assert len(cells) == 576 and cells["row"].max() == 8
+    assert len(cells) == d and cells["row"].max() == (d - 1) // 64
 
 
 def test_final_layer_lens_equals_the_recorded_distribution(lm, greedy_trace, walk):
@@ -61,14 +63,15 @@ def test_final_layer_lens_equals_the_recorded_distribution(lm, greedy_trace, wal
 
 
 def test_attention_row_matches_eager_attention(lm, walk):
-    reference = wt.eager_last_row(lm, walk.context)  # transformers' own eager attention weights
+    # transformers' own eager attention weights, the last query row of every layer: (layers, heads, T)
+    reference = np.stack([w[:, -1].numpy() for w in runner_for(lm).eager_attention(walk.context)])
     assert lm.model.config._attn_implementation == "sdpa"  # restored for generation
     assert walk.attention.shape == (lm.n_layers, lm.n_heads, len(walk.context))
-    np.testing.assert_allclose(walk.attention, reference, atol=1e-4)
+    np.testing.assert_allclose(walk.attention, reference, atol=1e-5)
     table = wt.attention_table(lm, walk)
     assert table["weight"].sum() == pytest.approx(1.0, abs=1e-4)
     one = wt.attention_table(lm, walk, layer=5)
-    np.testing.assert_allclose(one["weight"], reference[5].mean(axis=0), atol=1e-4)
+    np.testing.assert_allclose(one["weight"], reference[5].mean(axis=0), atol=1e-5)
 
 
 @pytest.mark.parametrize("temperature", [0.3, 1.0, 1.7])
@@ -116,4 +119,4 @@ def test_charts_build_from_live_data(lm, walk):
     ]
     assert all("$schema" in spec for spec in specs)
     strip = specs[0]
-    assert len(strip["datasets"][next(iter(strip["datasets"]))]) == 576
+    assert len(strip["datasets"][next(iter(strip["datasets"]))]) == runner_for(lm).facts.d_model

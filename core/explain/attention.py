@@ -1,11 +1,12 @@
 """Attention patterns behind a reply: where each token looked, at every layer and head.
 
-One forward pass over the reply's whole sequence (prompt + reply) records attention weights.
-subtle: 30 layers x 9 heads x T^2 floats is 4.5 GB at T = 2048, so the weights are never kept
-for all layers, and for most layers not even computed for every row. The model runs with its
-fast sdpa attention (which never materialises weights); a pre-hook on each attention block
-recomputes softmax(q·kᵀ/√d) from the block's own projections, with rotary positions and the
-causal mask, for just the query rows the page needs, and reduces them at once:
+Every weight comes from the model interface (core.runner), never from the model's modules:
+the runner's rows pass runs the model's own attention code (sdpa for the output, the model's
+eager function on just the query rows asked for, so q/k norms, biases, sliding windows and
+scaled embeddings are all the model's), proven against an eager pass at load. subtle: 30
+layers x 9 heads x T^2 floats is 4.5 GB at T = 2048, so the weights are never kept for all
+layers, and for most layers not even computed for every row. The rows the page needs are
+reduced as each layer is recorded:
 
 - head statistics over the step rows (entropy, sink, previous token, current question);
 - the step rows' attention summed by column group (each message's text, template tokens,
@@ -19,49 +20,49 @@ Step rows. Step s of a reply (0-based) is the choice of reply token s. The atten
 made it is the query row of the position BEFORE that token: position P + s - 1 (P = prompt
 length; for step 0 the last prompt token). The row at token s's own position chose token
 s + 1. So "step s" means row P + s - 1 everywhere: here, in core.explain.walkthrough (whose
-context for step s ends at that position), on every page and in every link between them.
+attention is attention_at for that one row), on every page and in every link between them.
 
-After chatting there is a cheaper way (kv_rows_pass): the chat's SessionKV already holds
-every token's keys and values, so only the rows above (the step rows, and the sampled rows of
-the thumbnails) go through the layers, each with a causal mask over the cached keys: about
-0.4 s instead of a whole 3.5 s pass at T = 2,000. The session's cache is only read; tokens it
-lacks (the reply's last one, or a whole other take) get keys and values in scratch tensors.
-Without a usable cache (an imported chat), the full pass above runs; the head view's "whole
-sequence" rows (heads, T, T) always come from it, on demand.
+After chatting with a Llama-style model there is a cheaper way (core.runner.session_rows): the
+chat's SessionKV already holds every token's keys and values, so only the rows above go
+through the layers, each with a causal mask over the cached keys: well under a second instead
+of a whole pass of several seconds at T = 2,000. It is used only once its own self-check
+against the eager pass has passed. The session's cache is only read; tokens it lacks (the
+reply's last one, or a whole other take) get keys and values in scratch tensors. Without a
+usable cache (an imported chat, another architecture) one pass of the model runs; the head
+view's "whole sequence" rows (heads, T, T) come from a pass that stops after their layer.
 
-Models whose attention blocks do not look like Llama's fall back to one eager pass (the
-reference the tests compare against). Results are cached per (trace, length) in caches
-bounded by entries and bytes, so revisits are instant and memory stays flat. The model lock
-is held for each pass.
+Where the rows pass fails its self-check, the views use the model's eager pass (the same
+numbers, slower; fallback_note says so), and refuse, in a sentence, a length whose eager
+weights would not fit (AttentionUnavailable). Results are cached per (trace, length) in
+caches bounded by entries and bytes, so revisits are instant and memory stays flat. The
+model lock is held for each pass.
 """
 
 from __future__ import annotations
 
-import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
 import torch
 
 from core.cache import BoundedCache
-from core.kvcache import LeanModel, SessionKV, _rms_norm
 from core.models import LoadedModel
+from core.runner import Runner, attention_rows_each_layer, runner_for, session_rows
 from core.tokens import readable
 from core.trace import Trace
+
+if TYPE_CHECKING:
+    from core.kvcache import SessionKV
 
 THUMB = 6  # model-view thumbnail side: 30 x 9 heads x 36 cells = 9,720 cells in one chart
 THUMB_ROWS = 16  # query rows sampled per thumbnail row block
 SINK_HEAD = 0.5  # a head whose reply rows give at least this share to the first token
 PREVIOUS_HEAD = 0.5  # ... or to the previous token
 CATEGORIES = ["System prompt", "Earlier turns", "Current question", "Template tokens", "This reply so far"]
-
-MAX_EXTENSION = 0.5  # the session-KV rows pass is used when at most this share of T is not cached
-# subtle: the rows pass is ~20 small ops per layer; with 2 OpenMP threads on a shared 2-core
-# machine each op waits for a core another process holds (measured: 8.0 s vs 0.5 s on 1 thread).
-ROWS_PASS_THREADS = 1
 
 _OVERVIEWS: BoundedCache[AttentionOverview] = BoundedCache(max_entries=4)  # < 10 MB each
 # Whole layers (heads, T, T): 144 MB each at T = 2,000; only the "whole sequence" head view needs one.
@@ -92,7 +93,7 @@ class AttentionOverview:
     reply_mean: np.ndarray  # (R, T) step rows averaged over every layer and head; row s = P + s - 1
     stats: pd.DataFrame  # one row per (layer, head)
     seconds: float  # how long the pass took
-    method: str  # "kv" (rows pass over the chat's KV cache), "hooks" (sdpa + recomputed rows) or "eager"
+    method: str  # "kv" (session pass over the chat's KV cache), "rows" (one pass, runner rows) or "eager"
 
     @property
     def n_tokens(self) -> int:
@@ -161,16 +162,60 @@ def token_groups(tokenizer, trace: Trace) -> tuple[list[Group], np.ndarray]:
     return groups, group_of
 
 
-# -- the eager pass --------------------------------------------------------------------
+# -- the passes (every one through core.runner) -----------------------------------------
+
+# The eager fallback holds every layer's (heads, T, T) weights at once: 4.5 GB for a 30 x 9
+# model at T = 2,048. Above this it is refused, with a sentence, instead of exhausting memory.
+EAGER_LIMIT_BYTES = 1 << 30
 
 
-class _StopPass(Exception):
-    """Raised from a hook once the last layer a caller needs has been seen."""
+class AttentionUnavailable(ValueError):
+    """A view this model's attention cannot give exactly; str() is one sentence for the page."""
 
 
-def attention_modules(model) -> list[torch.nn.Module]:
-    """The attention block of every decoder layer, in order (modules named '*.self_attn')."""
-    return [m for name, m in model.named_modules() if name.endswith("self_attn")]
+def fallback_note(lm: LoadedModel) -> str | None:
+    """One sentence when the views use the eager fallback (the rows pass failed its self-check), else None."""
+    runner = runner_for(lm)
+    if runner.self_check():
+        return None
+    error = runner.check_error
+    how = "could not be hooked" if error is None or error == float("inf") else f"differed by {error:.1e}"
+    return (
+        "Reading this model's attention row by row did not pass its check against the model's own eager "
+        f"pass (it {how}), so every weight here comes from that eager pass: the same numbers, slower."
+    )
+
+
+def _eager_bytes(runner: Runner, T: int) -> int:
+    facts = runner.facts
+    return facts.n_layers * facts.n_heads * T * T * 4
+
+
+def _size(n: float) -> str:
+    """Bytes for a reader: 4.5 GB, 38 MB, 77 KB."""
+    for unit, scale in (("GB", 2**30), ("MB", 2**20), ("KB", 2**10)):
+        if n >= scale:
+            return f"{n / scale:.1f} {unit}" if unit == "GB" else f"{n / scale:,.0f} {unit}"
+    return f"{n:.0f} bytes"
+
+
+def _guard(runner: Runner, T: int) -> None:
+    """Where the rows pass failed its self-check: refuse an eager pass too large to hold, in a sentence."""
+    if runner.self_check() or _eager_bytes(runner, T) <= EAGER_LIMIT_BYTES:
+        return
+    raise AttentionUnavailable(
+        f"This model's attention cannot be read row by row (its self-check failed), and its full eager "
+        f"pass over {T:,} tokens would hold {_size(_eager_bytes(runner, T))} of weights, more than this app "
+        "allows; pick a shorter reply to see its attention."
+    )
+
+
+def _guard_eager(runner: Runner, T: int) -> None:
+    if _eager_bytes(runner, T) > EAGER_LIMIT_BYTES:
+        raise AttentionUnavailable(
+            f"An eager pass over {T:,} tokens would hold {_size(_eager_bytes(runner, T))} of attention "
+            "weights, more than this app allows; pick a shorter text."
+        )
 
 
 def eager_pass(
@@ -179,245 +224,35 @@ def eager_pass(
     on_layer: Callable[[int, torch.Tensor], None],
     last_layer: int | None = None,
 ) -> None:
-    """Run the model once with eager attention and hand each layer's weights to on_layer.
+    """The model's own eager attention, every row: on_layer(layer, weights (heads, T, T)) up to last_layer.
 
-    on_layer(layer, weights) gets weights of shape (heads, T, T), row = query, column = key.
-    It must not keep them unless it means to. last_layer: stop the pass after this layer.
-    Holds the model lock for the whole pass; the model is back on its own attention
-    implementation (sdpa) before the lock is released, even if the pass fails.
+    The reference the other passes are proven against (Runner.eager_attention). It holds
+    every layer at once, so it is for short inputs (the encoder/decoder page's sentence).
     """
-    model = lm.model
-    modules = attention_modules(model)
-
-    def hook(layer: int):
-        def run(_module, _args, output) -> None:
-            weights = output[1]  # (1, heads, T, T)
-            if weights is None:
-                raise RuntimeError("the attention block returned no weights; eager attention is off")
-            on_layer(layer, weights[0])
-            if last_layer is not None and layer >= last_layer:
-                raise _StopPass
-
-        return run
-
-    with lm.lock, torch.inference_mode():
-        previous = model.config._attn_implementation
-        handles = [m.register_forward_hook(hook(i)) for i, m in enumerate(modules)]
-        try:
-            model.set_attn_implementation("eager")
-            # The base model only: the vocabulary head is not needed for attention.
-            model.get_decoder()(input_ids=torch.tensor([ids]), use_cache=False)
-        except _StopPass:
-            pass
-        finally:
-            for h in handles:
-                h.remove()
-            model.set_attn_implementation(previous)
+    runner = runner_for(lm)
+    _guard_eager(runner, len(ids))
+    weights = runner.eager_attention(ids)  # [(heads, T, T)] * layers
+    for layer, w in enumerate(weights[: None if last_layer is None else last_layer + 1]):
+        on_layer(layer, w)
 
 
-_HOOK_NEEDS = ("q_proj", "k_proj", "head_dim", "num_key_value_groups", "scaling")
+def attention_at(lm: LoadedModel, ids: list[int], positions: list[int]) -> np.ndarray:
+    """The attention of the given query positions at every layer: (layers, heads, R, T).
 
-
-def hooks_fit(lm: LoadedModel) -> bool:
-    """Whether the attention blocks look like Llama's (what the recomputing hook relies on)."""
-    modules = attention_modules(lm.model)
-    if not modules:
-        return False
-    rope = getattr(sys.modules.get(type(modules[0]).__module__), "apply_rotary_pos_emb", None)
-    return rope is not None and all(hasattr(modules[0], a) for a in _HOOK_NEEDS)
-
-
-def _recompute(module, h: torch.Tensor, position_embeddings, rows: torch.Tensor) -> torch.Tensor:
-    """softmax(q·kᵀ·scale) for the query positions `rows` of one Llama-style block: (H, r, T).
-
-    h: the block's input (1, T, d). Keys after a query's own position are masked out.
+    One pass through the runner (attention_rows_each_layer), exact: the walkthrough asks it
+    for its one row, the same arithmetic as every view of the attention page.
     """
-    T, hd = h.shape[1], module.head_dim
-    cos, sin = position_embeddings  # (1, T, head_dim) each
-    rope = sys.modules[type(module).__module__].apply_rotary_pos_emb
-    q = module.q_proj(h[:, rows]).view(1, len(rows), -1, hd).transpose(1, 2)  # (1, H, r, hd)
-    k = module.k_proj(h).view(1, T, -1, hd).transpose(1, 2)  # (1, KV, T, hd)
-    # rope rotates both of its arguments; the second one here is a one-head stand-in.
-    q = rope(q, q[:, :1], cos[:, rows], sin[:, rows])[0]
-    k = rope(k[:, :1], k, cos, sin)[1]
-    k = k.repeat_interleave(module.num_key_value_groups, dim=1)[0]  # (H, T, hd)
-    masked = torch.arange(T)[None, :] > rows[:, None]  # (r, T): keys after the query are hidden
-    H = q.shape[1]
-    # subtle: on a busy 2-core machine every small op waits for both threads, so many heads
-    # go in one op; only a large block (every row of a layer) goes head by head, to bound memory.
-    step = H if H * len(rows) * T <= 8_000_000 else 1
-    weights = torch.empty(H, len(rows), T)  # (H, r, T)
-    for first in range(0, H, step):
-        heads = slice(first, first + step)
-        scores = (q[0, heads] @ k[heads].transpose(1, 2)).float() * module.scaling  # (h, r, T)
-        weights[heads] = torch.softmax(scores.masked_fill_(masked, float("-inf")), dim=-1)
-    return weights
+    runner = runner_for(lm)
+    _guard(runner, len(ids))
+    rows = torch.as_tensor(positions, dtype=torch.long)
+    facts = runner.facts
+    out = np.zeros((facts.n_layers, facts.n_heads, len(rows), len(ids)), dtype=np.float32)
 
+    def keep(layer: int, weights: torch.Tensor) -> None:
+        out[layer] = weights.numpy()  # (heads, R, T)
 
-def hooks_pass(
-    lm: LoadedModel,
-    ids: list[int],
-    rows_for: Callable[[int], torch.Tensor],
-    on_layer: Callable[[int, torch.Tensor, torch.Tensor], None],
-    last_layer: int | None = None,
-) -> None:
-    """Run the model as it generates (sdpa) and recompute the attention rows asked for.
-
-    rows_for(layer) -> the query positions wanted (LongTensor); on_layer(layer, rows, weights)
-    gets weights of shape (heads, len(rows), T). Each row is softmax(q·kᵀ·scale) over the keys
-    at or before its position, from the block's own q/k projections with rotary applied.
-    """
-    model = lm.model
-    modules = attention_modules(model)
-
-    def hook(layer: int):
-        def run(module, args, kwargs) -> None:
-            rows = rows_for(layer)
-            if len(rows):
-                h = kwargs["hidden_states"] if "hidden_states" in kwargs else args[0]  # (1, T, d)
-                on_layer(layer, rows, _recompute(module, h, kwargs["position_embeddings"], rows))
-            if last_layer is not None and layer >= last_layer:
-                raise _StopPass
-
-        return run
-
-    with lm.lock, torch.inference_mode():
-        handles = [m.register_forward_pre_hook(hook(i), with_kwargs=True) for i, m in enumerate(modules)]
-        try:
-            model.get_decoder()(input_ids=torch.tensor([ids]), use_cache=False)
-        except _StopPass:
-            pass
-        finally:
-            for h in handles:
-                h.remove()
-
-
-def attention_pass(
-    lm: LoadedModel,
-    ids: list[int],
-    rows_for: Callable[[int], torch.Tensor],
-    on_layer: Callable[[int, torch.Tensor, torch.Tensor], None],
-    last_layer: int | None = None,
-    method: str = "auto",
-) -> str:
-    """The chosen query rows of every layer (up to last_layer), by hooks or eager -> the method used.
-
-    method "auto" uses the hooks when they fit the model, else the eager pass.
-    """
-    if method == "auto":
-        method = "hooks" if hooks_fit(lm) else "eager"
-    if method == "hooks":
-        hooks_pass(lm, ids, rows_for, on_layer, last_layer)
-    elif method == "eager":
-
-        def full(layer: int, w: torch.Tensor) -> None:
-            rows = rows_for(layer)
-            on_layer(layer, rows, w[:, rows])
-
-        eager_pass(lm, ids, full, last_layer)
-    else:
-        raise ValueError(f"unknown attention method {method!r}")
-    return method
-
-
-# -- the rows pass over the session's KV cache -------------------------------------------
-
-
-def _lean_of(lm: LoadedModel) -> LeanModel | None:
-    """The lean model the chat decodes with, if it is built (never builds it here)."""
-    lean = getattr(lm, "lean", None)
-    return lean if lean is not None else getattr(lm.model, "_glassbox_lean", None)
-
-
-def cached_prefix(lean: LeanModel | None, kv: SessionKV | None, ids: list[int]) -> int:
-    """How many leading positions of ids have their keys and values in kv (0 when unusable).
-
-    Reuse is keyed on the token ids: K/V at position i depend only on ids[: i + 1], so the
-    longest common prefix is valid by construction. Read under the model lock.
-    """
-    if lean is None or kv is None or kv.keys is None or kv.values is None or kv.model_id != lean.model_id:
-        return 0
-    n = min(len(kv.ids), len(ids), kv.capacity)
-    mismatch = np.flatnonzero(np.asarray(kv.ids[:n]) != np.asarray(ids[:n]))
-    return int(mismatch[0]) if len(mismatch) else n
-
-
-def kv_rows_pass(
-    lm: LoadedModel,
-    kv: SessionKV | None,
-    ids: list[int],
-    rows: torch.Tensor,
-    on_layer: Callable[[int, torch.Tensor, torch.Tensor], None],
-    last_layer: int | None = None,
-) -> int | None:
-    """The attention rows asked for, computed from the chat's cached keys and values.
-
-    A query row's weights at layer L need only its own q at L and the keys at or before it;
-    its hidden state at L needs only the cached K/V of the positions before it. So only the
-    asked-for rows go through the layers (a per-row causal mask over the cached keys), plus
-    the positions [c, T) missing from the cache (c = cached_prefix), whose K/V are computed
-    into scratch tensors. kv is only read: its ids and tensors are left as they are.
-
-    on_layer(layer, positions, weights) gets the computed positions (sorted; a superset of
-    rows) and weights (heads, len(positions), T). Returns c, or None (nothing computed) when
-    kv does not cover enough of ids (more than MAX_EXTENSION of T missing): use a full pass.
-    Holds the model lock for the whole computation.
-    """
-    T = len(ids)
-    with lm.lock, torch.inference_mode():
-        lean = _lean_of(lm) if kv is not None and kv.ids else None
-        c = cached_prefix(lean, kv, ids)
-        if lean is None or c == 0 or T - c > MAX_EXTENSION * T:
-            return None
-        threads = torch.get_num_threads()
-        torch.set_num_threads(min(ROWS_PASS_THREADS, threads))
-        try:
-            _rows_through_layers(lean, kv, ids, c, rows, on_layer, last_layer)
-        finally:
-            torch.set_num_threads(threads)
-    return c
-
-
-def _rows_through_layers(
-    lean: LeanModel,
-    kv: SessionKV,
-    ids: list[int],
-    c: int,
-    rows: torch.Tensor,
-    on_layer: Callable[[int, torch.Tensor, torch.Tensor], None],
-    last_layer: int | None,
-) -> None:
-    """kv_rows_pass's computation (the caller holds the lock and checked that kv covers [0, c))."""
-    T = len(ids)
-    pos = torch.unique(torch.cat([rows[rows < c], torch.arange(c, T)]))  # (n,) sorted
-    n, first_new = len(pos), int((pos < c).sum())
-    heads, kv_heads, hd = lean.n_heads, lean.n_kv_heads, lean.head_dim
-    group, q_width, k_width, half = heads // kv_heads, heads * hd, kv_heads * hd, hd // 2
-    cos_all, sin_all = lean.rope(T)
-    cos, sin = cos_all[pos], sin_all[pos]  # (n, hd)
-    hidden = torch.arange(T)[None, :] > pos[:, None]  # (n, T): keys after each row's own position
-    h = lean.embed[torch.tensor(ids)[pos]]  # (n, d)
-    last = lean.n_layers - 1 if last_layer is None else last_layer
-    for i, w in enumerate(lean.layers[: last + 1]):
-        x = _rms_norm(h, w.ln1, lean.eps)
-        qkv = x @ w.qkv  # (n, q_width + 2 * k_width)
-        qk = qkv[:, : q_width + k_width].view(n, heads + kv_heads, hd).transpose(0, 1)  # (h+kv, n, hd)
-        qk = qk * cos + qk.roll(half, dims=-1) * sin  # rotary, as SessionKV.forward applies it
-        v = qkv[:, q_width + k_width :].view(n, kv_heads, hd).transpose(0, 1)  # (kv, n, hd)
-        keys, values = kv.keys[i, :, :c], kv.values[i, :, :c]  # (kv, c, hd) read-only views
-        if c < T:  # the uncached tail: this pass's own keys and values, in new tensors
-            keys = torch.cat([keys, qk[heads:, first_new:]], dim=1)  # (kv, T, hd)
-            values = torch.cat([values, v[:, first_new:]], dim=1)
-        # Query head j uses kv head j // group (transformers' repeat_interleave order).
-        q = qk[:heads].reshape(kv_heads, group * n, hd)  # (kv, group * n, hd)
-        scores = (q @ keys.transpose(1, 2)).view(heads, n, T) * hd**-0.5  # (heads, n, T)
-        weights = torch.softmax(scores.masked_fill_(hidden, float("-inf")), dim=-1)
-        mixed = (weights.view(kv_heads, group * n, T) @ values).view(heads, n, hd)
-        h = h + mixed.transpose(0, 1).reshape(n, q_width) @ w.o
-        x = _rms_norm(h, w.ln2, lean.eps)
-        gate_up = x @ w.gate_up  # (n, 2 * ffn)
-        h = h + (torch.nn.functional.silu(gate_up[:, : lean.ffn]) * gate_up[:, lean.ffn :]) @ w.down
-        on_layer(i, pos, weights)
+    attention_rows_each_layer(runner, ids, rows, keep)
+    return out
 
 
 def _bins(n: int, k: int) -> np.ndarray:
@@ -450,17 +285,20 @@ def compute_overview(
 ) -> AttentionOverview:
     """One pass over trace.full_ids -> the overview (and, if asked, the rows of one layer).
 
-    method "auto": the rows pass over kv (the chat's SessionKV) when it covers the reply's
-    context, else a full pass ("hooks", or "eager" for models the hooks do not fit); "kv"
-    insists on the rows pass (ValueError when kv does not cover it). The kept layer goes into
-    the caches: its reply rows after a rows pass, all its rows after a full pass.
+    method "auto": the rows pass over kv (the chat's SessionKV, core.runner.session_rows) when
+    it covers the reply's context and passed its self-check, else one pass of the model with
+    the runner's rows pass ("rows"; "eager" where that failed its self-check). "kv" insists on
+    the session pass (ValueError when kv does not cover it); "rows" and "eager" force those.
+    The kept layer goes into the caches: its step rows, and every row when every row was computed
+    (a short reply, or a session pass over the whole context).
     """
     ids = trace.full_ids
     T, P = len(ids), len(trace.prompt_ids)
     R = T - P
     if R < 1:
         raise ValueError("This reply has no tokens yet, so there is no attention to show.")
-    L, H = lm.n_layers, lm.n_heads
+    runner = runner_for(lm)
+    L, H = runner.facts.n_layers, runner.facts.n_heads
     groups, group_of = token_groups(lm.tokenizer, trace)
     G = len(groups)
     k = min(THUMB, T)
@@ -473,8 +311,7 @@ def compute_overview(
     block_avg[sample_block, torch.arange(len(sample))] = 1.0
     block_avg /= block_avg.sum(1, keepdim=True)
     reply_rows = step_rows(P, T)  # (R,): row s chose reply token s
-    needed = torch.cat([reply_rows, sample])
-    everything = torch.arange(T)
+    needed = torch.unique(torch.cat([reply_rows, sample]))  # (n,) sorted
     current = [g for g, grp in enumerate(groups) if grp.category == "Current question"]
     steps = torch.arange(R)
 
@@ -498,18 +335,24 @@ def compute_overview(
         stat[layer, :, 2] = reply[:, steps, (reply_rows - 1).clamp_min(0)].mean(-1).numpy()
         stat[layer, :, 3] = by_group[:, :, current].sum(-1).mean(-1).numpy() if current else 0.0
         if layer == keep_layer:
-            # every row in order (a full pass), else the reply's rows; nothing writes to them later
+            # every row in order (all were needed), else the step rows; nothing writes to them later
             kept.append(w.numpy() if len(rows) == T else reply.numpy())
 
+    if method not in ("auto", "kv", "rows", "eager"):
+        raise ValueError(f"unknown attention method {method!r}")
     start = time.perf_counter()
-    if method in ("auto", "kv") and kv_rows_pass(lm, kv, ids, needed, on_layer) is not None:
+    if method in ("auto", "kv") and session_rows(runner, kv, ids, needed, on_layer) is not None:
         used = "kv"
     elif method == "kv":
         raise ValueError("the session's KV cache does not cover this reply")
+    elif method == "eager":
+        _guard_eager(runner, T)
+        for layer, w in enumerate(runner.eager_attention(ids)):  # (heads, T, T) each
+            on_layer(layer, needed, w[:, needed])
+        used = "eager"
     else:
-        used = attention_pass(
-            lm, ids, lambda i: everything if i == keep_layer else needed, on_layer, method=method
-        )
+        _guard(runner, T)
+        used = attention_rows_each_layer(runner, ids, needed, lambda i, w: on_layer(i, needed, w))
     seconds = time.perf_counter() - start
     if kept:
         _keep(trace, keep_layer, kept[0])
@@ -548,35 +391,35 @@ def _stats_frame(stat: np.ndarray) -> pd.DataFrame:
 
 
 def _check_layer(lm: LoadedModel, layer: int) -> None:
-    if not 0 <= layer < lm.n_layers:
-        raise ValueError(f"layer must be in 0..{lm.n_layers - 1}, got {layer}")
+    n = runner_for(lm).facts.n_layers
+    if not 0 <= layer < n:
+        raise ValueError(f"layer must be in 0..{n - 1}, got {layer}")
 
 
 def compute_layer(lm: LoadedModel, trace: Trace, layer: int, method: str = "auto") -> np.ndarray:
-    """Every row of one layer: (heads, T, T). Earlier layers compute no rows; the pass stops after it."""
+    """Every row of one layer: (heads, T, T), through the runner; the pass stops after the layer.
+
+    method "eager" takes it from the model's own eager pass (the reference) instead.
+    """
     _check_layer(lm, layer)
-    T = len(trace.full_ids)
-    everything, nothing = torch.arange(T), torch.zeros(0, dtype=torch.long)
-    kept: list[np.ndarray] = []
-
-    def on_layer(i: int, rows: torch.Tensor, w: torch.Tensor) -> None:
-        if i == layer:
-            kept.append(w.numpy())
-
-    attention_pass(
-        lm, trace.full_ids, lambda i: everything if i == layer else nothing, on_layer, layer, method
-    )
-    return kept[0]
+    runner, ids = runner_for(lm), trace.full_ids
+    if method == "eager":
+        _guard_eager(runner, len(ids))
+        return runner.eager_attention(ids)[layer].numpy()
+    _guard(runner, len(ids))
+    return runner.attention_rows(ids, layer, torch.arange(len(ids))).numpy()
 
 
 def compute_reply_rows(lm: LoadedModel, trace: Trace, layer: int, kv: SessionKV | None = None) -> np.ndarray:
     """The step rows of one layer: (heads, R, T), row s at position P + s - 1, zero after it.
 
-    A rows pass over kv that stops after `layer` when kv covers the context; otherwise the
-    whole layer (then cached too, for the whole-sequence head view), sliced.
+    Sliced from the whole layer when it is cached; else the session pass over kv when kv covers
+    the context; else the runner's rows pass for just these rows. Each stops after `layer`.
     """
     _check_layer(lm, layer)
-    ids, P = trace.full_ids, len(trace.prompt_ids)
+    runner, ids, P = runner_for(lm), trace.full_ids, len(trace.prompt_ids)
+    if layer_is_cached(trace, layer):
+        return layer_weights(lm, trace, layer)[:, P - 1 : -1].copy()
     reply_rows = step_rows(P, len(ids))
     kept: list[np.ndarray] = []
 
@@ -586,12 +429,10 @@ def compute_reply_rows(lm: LoadedModel, trace: Trace, layer: int, kv: SessionKV 
             where[rows] = torch.arange(len(rows))
             kept.append(w[:, where[reply_rows]].numpy())  # (H, R, T)
 
-    if (
-        not layer_is_cached(trace, layer)
-        and kv_rows_pass(lm, kv, ids, reply_rows, on_layer, layer) is not None
-    ):
+    if session_rows(runner, kv, ids, reply_rows, on_layer, layer) is not None:
         return kept[0]
-    return layer_weights(lm, trace, layer)[:, P - 1 : -1].copy()
+    _guard(runner, len(ids))
+    return runner.attention_rows(ids, layer, reply_rows).numpy()
 
 
 def _keep(trace: Trace, layer: int, weights: np.ndarray) -> None:

@@ -20,6 +20,7 @@ from core.cache import BoundedCache
 from core.conversation import Message
 from core.explain.forward import hidden_states
 from core.models import LoadedModel
+from core.runner import runner_for
 from core.tokens import readable
 from core.trace import Trace
 
@@ -75,9 +76,19 @@ def token_labels(lm: LoadedModel, ids: list[int]) -> list[str]:
 
 
 # -- vectors ---------------------------------------------------------------------------------
+def _table(lm: LoadedModel) -> torch.Tensor:
+    """The model's input embedding table (vocab, d), unscaled, from the model interface."""
+    return runner_for(lm).embedding_matrix()
+
+
+def _key(table: torch.Tensor) -> tuple:
+    """A cache key for a table: its storage, which every view of the same weights shares."""
+    return (table.data_ptr(), tuple(table.shape))
+
+
 def input_embeddings(lm: LoadedModel, ids: list[int]) -> torch.Tensor:
     """The input embedding of each token: (T, d). Same id, same vector, wherever it stands."""
-    weight = lm.model.get_input_embeddings().weight  # (vocab, d)
+    weight = _table(lm)  # (vocab, d)
     with torch.inference_mode():
         return weight[torch.tensor(ids, dtype=torch.long)].float()
 
@@ -89,8 +100,9 @@ def trace_states(lm: LoadedModel, trace: Trace) -> torch.Tensor:
 
 def token_vectors(lm: LoadedModel, trace: Trace, part: MessagePart, layer: int) -> torch.Tensor:
     """The vectors of one message's tokens: (n, d). layer 0 = input embeddings, no forward pass."""
-    if not 0 <= layer <= lm.n_layers:
-        raise ValueError(f"layer must be between 0 and {lm.n_layers}, not {layer}")
+    n_layers = runner_for(lm).facts.n_layers
+    if not 0 <= layer <= n_layers:
+        raise ValueError(f"layer must be between 0 and {n_layers}, not {layer}")
     if layer == 0:
         return input_embeddings(lm, trace.full_ids[part.start : part.end])
     return trace_states(lm, trace)[layer, part.start : part.end]  # (n, d)
@@ -195,8 +207,8 @@ CENTRES = {  # how a token-similarity heatmap may centre its vectors: key -> wha
 
 def vocabulary_mean(lm: LoadedModel) -> torch.Tensor:
     """The mean of every row of the input embedding matrix: (d,). One pass over 49,152 rows, cached."""
-    weight = lm.model.get_input_embeddings().weight
-    return _NORMS.get_or_compute(("mean", id(weight)), lambda: weight.detach().float().mean(dim=0))
+    weight = _table(lm)
+    return _NORMS.get_or_compute(("mean", _key(weight)), lambda: weight.detach().float().mean(dim=0))
 
 
 def shared_direction(lm: LoadedModel) -> float:
@@ -204,7 +216,7 @@ def shared_direction(lm: LoadedModel) -> float:
 
     Near 0 if the vectors pointed every which way; for SmolLM2-135M it is about 0.66.
     """
-    weight = lm.model.get_input_embeddings().weight
+    weight = _table(lm)
     mean = vocabulary_mean(lm)
 
     def compute() -> torch.Tensor:
@@ -212,7 +224,7 @@ def shared_direction(lm: LoadedModel) -> float:
             cos = (weight.detach().float() @ mean) / (_embedding_norms(lm) * mean.norm()).clamp_min(1e-12)
         return cos.mean().reshape(1)
 
-    return float(_NORMS.get_or_compute(("shared", id(weight)), compute)[0])
+    return float(_NORMS.get_or_compute(("shared", _key(weight)), compute)[0])
 
 
 def raw_cosine_note(lm: LoadedModel) -> str:
@@ -226,8 +238,8 @@ def raw_cosine_note(lm: LoadedModel) -> str:
 
 def _embedding_norms(lm: LoadedModel) -> torch.Tensor:
     """‖E[v]‖ for every vocabulary row: (vocab,). Cheaper than keeping a normalised copy (113 MB)."""
-    weight = lm.model.get_input_embeddings().weight
-    return _NORMS.get_or_compute(("norms", id(weight)), lambda: weight.detach().float().norm(dim=-1))
+    weight = _table(lm)
+    return _NORMS.get_or_compute(("norms", _key(weight)), lambda: weight.detach().float().norm(dim=-1))
 
 
 def word_ids(lm: LoadedModel, text: str, leading_space: bool = True) -> list[int]:
@@ -253,7 +265,7 @@ def nearest_to_vector(
 
     Columns: rank, token_id, token, similarity. Searches all vocab_size (49,152) rows.
     """
-    weight = lm.model.get_input_embeddings().weight  # (vocab, d)
+    weight = _table(lm)  # (vocab, d)
     with torch.inference_mode():
         q = vector.float()
         scores = (weight @ q) / (_embedding_norms(lm) * q.norm()).clamp_min(1e-12)  # (vocab,)

@@ -1,6 +1,7 @@
 """One plain forward pass over a trace's tokens, for the views that need hidden states.
 
 Generation never calls this; explanation pages call it on demand and cache the result.
+Both passes go through the model interface (core.runner), so they work for any architecture.
 """
 
 from __future__ import annotations
@@ -8,6 +9,7 @@ from __future__ import annotations
 import torch
 
 from core.models import LoadedModel
+from core.runner import runner_for
 from core.trace import Trace
 
 
@@ -22,27 +24,19 @@ def context_ids(trace: Trace, step: int | None = None) -> list[int]:
 
 
 def hidden_states(lm: LoadedModel, ids: list[int]) -> torch.Tensor:
-    """The residual stream at every layer: (layers + 1, T, d_model), fp32.
+    """The residual stream at every layer: (layers + 1, T, d_model), fp32 (Runner.hidden_states).
 
-    Index 0 is the input embeddings, index L the output of decoder block L; the last index
-    has the final norm applied already (transformers does that). Holds the model lock.
+    Index 0 is the input embeddings (scaled as the model scales them), index L the output of
+    decoder block L; the last index has the final norm applied already. Holds the model lock.
     """
-    with lm.lock, torch.inference_mode():
-        out = lm.model(
-            input_ids=torch.tensor([ids]), output_hidden_states=True, use_cache=False, logits_to_keep=1
-        )
-    return torch.stack([h[0] for h in out.hidden_states])  # (layers+1, T, d)
+    return runner_for(lm).hidden_states(ids)
 
 
 def lens_logits(lm: LoadedModel, states: torch.Tensor) -> torch.Tensor:
-    """The logit lens: final norm + output head on each layer's residual vector.
+    """The logit lens: final norm + output head on each layer's residual vector (Runner.lens).
 
     states: (layers + 1, ..., d_model) as returned by hidden_states -> (layers + 1, ..., vocab).
-    subtle: transformers' Llama returns the *last* hidden state with the final norm already
-    applied, so it goes straight to the head; the last row then equals the model's real logits.
+    subtle: the last state has the final norm applied already, so it goes straight to the head;
+    the last row then equals the model's real logits (soft-capping included where the model has it).
     """
-    norm, head = lm.model.model.norm, lm.model.lm_head
-    with torch.inference_mode():
-        inner = head(norm(states[:-1]))  # (layers, ..., vocab)
-        last = head(states[-1:])  # (1, ..., vocab)
-    return torch.cat([inner, last])
+    return runner_for(lm).lens(states)

@@ -1,22 +1,24 @@
 """The data for "From prompt to reply": one real step of one reply, stage by stage.
 
-Every number comes from the model: the embedding row is the model's own table, the layer
-trajectory and the logit lens come from one plain forward pass (core.explain.forward), the
-attention row from a second pass that records only the current position's attention, and
-every "what if" distribution from core.sampling.sampling_probs, the decode loop's own code.
+Every number comes from the model, through the model interface (core.runner): the embedding
+row is the model's own table, the layer trajectory and the logit lens come from one plain
+forward pass (core.explain.forward), the attention row is the attention page's own pass asked
+for one row (core.explain.attention.attention_at), and every "what if" distribution comes from
+core.sampling.sampling_probs, the decode loop's own code.
 """
 
 from __future__ import annotations
 
-import sys
 from dataclasses import dataclass, replace
 
 import numpy as np
 import pandas as pd
 import torch
 
+from core.explain.attention import AttentionUnavailable, attention_at
 from core.explain.forward import context_ids, hidden_states, lens_logits
 from core.models import LoadedModel
+from core.runner import runner_for
 from core.sampling import sampling_probs
 from core.settings import SamplingSettings
 from core.tokens import is_special, readable
@@ -34,10 +36,11 @@ class StepWalk:
 
     step: int
     context: list[int]
-    embedding: np.ndarray  # (d_model,) input embedding row of the last context token
+    embedding: np.ndarray  # (d_model,) input embedding row of the last context token (unscaled)
     layers: pd.DataFrame  # one row per residual stream: layer, norm, cosine_to_final, lens_*
-    attention: np.ndarray  # (layers, heads, T) attention of the last position over the context
+    attention: np.ndarray | None  # (layers, heads, T) attention of the last position over the context
     logits: torch.Tensor  # (vocab,) the real next-token scores (fp32)
+    attention_unavailable: str | None = None  # why attention is None: one sentence for the page
 
     @property
     def last_id(self) -> int:
@@ -78,9 +81,13 @@ def context_tokens(lm: LoadedModel, trace: Trace, step: int) -> pd.DataFrame:
 
 
 def embedding_row(lm: LoadedModel, token_id: int) -> np.ndarray:
-    """Row `token_id` of the model's input embedding table: (d_model,) fp32."""
+    """Row `token_id` of the model's input embedding table: (d_model,) fp32.
+
+    The table's own row; a model with facts.embedding_scale != 1 (Gemma) multiplies it by
+    that before the first layer.
+    """
     with torch.inference_mode():
-        return lm.model.get_input_embeddings().weight[int(token_id)].float().numpy().copy()
+        return runner_for(lm).embedding_matrix()[int(token_id)].float().numpy().copy()
 
 
 def embedding_cells(row: np.ndarray, width: int = 64) -> pd.DataFrame:
@@ -103,7 +110,8 @@ def layer_table(lm: LoadedModel, states: torch.Tensor) -> pd.DataFrame:
         # Compare what the output head would read at each layer (final norm applied, as the
         # logit lens does) with what it reads at the end. subtle: on the raw residual a few
         # huge dimensions dominate and the cosine says little.
-        normed = torch.cat([lm.model.model.norm(states[:-1]), states[-1:]])  # (layers+1, d)
+        norm = runner_for(lm).final_norm()
+        normed = torch.cat([norm(states[:-1]), states[-1:]])  # (layers+1, d)
     cos = torch.nn.functional.cosine_similarity(normed, normed[-1:], dim=-1)  # (layers+1,)
     probs = torch.softmax(lens_logits(lm, states).float(), dim=-1)  # (layers+1, vocab)
     top_p, top_id = probs.max(dim=-1)
@@ -123,92 +131,26 @@ def layer_table(lm: LoadedModel, states: torch.Tensor) -> pd.DataFrame:
     )
 
 
-_HOOK_NEEDS = ("q_proj", "k_proj", "head_dim", "num_key_value_groups", "scaling")
-
-
-def _hooks_fit(lm: LoadedModel) -> bool:
-    """Whether the attention modules look like Llama's (what the recomputing hook relies on)."""
-    layers = getattr(getattr(lm.model, "model", None), "layers", None)
-    if not layers:
-        return False
-    attn = getattr(layers[0], "self_attn", None)
-    module = sys.modules.get(type(attn).__module__)
-    return all(hasattr(attn, a) for a in _HOOK_NEEDS) and hasattr(module, "apply_rotary_pos_emb")
-
-
-def eager_last_row(lm: LoadedModel, ids: list[int]) -> np.ndarray:
-    """The reference, and the fallback for other architectures: (layers, heads, T).
-
-    One pass with eager attention and output_attentions, keeping only the last query's row.
-    Costs layers × heads × T² floats while it runs, so it is used only when the hooks do not fit.
-    """
-    with lm.lock, torch.inference_mode():
-        before = lm.model.config._attn_implementation
-        lm.model.set_attn_implementation("eager")
-        try:
-            out = lm.model(input_ids=torch.tensor([ids]), output_attentions=True, use_cache=False)
-        finally:
-            lm.model.set_attn_implementation(before)
-    return torch.stack([a[0, :, -1].float() for a in out.attentions]).numpy()  # (layers, heads, T)
-
-
-def last_position_attention(lm: LoadedModel, ids: list[int]) -> np.ndarray:
-    """Attention of the last position over every context token: (layers, heads, T).
-
-    The model runs with sdpa, which never materialises attention weights. Forward pre-hooks
-    on each attention module recompute softmax(q·kᵀ/√d) for the last query only, from the
-    module's own projections with rotary position applied, so memory is heads × T per layer
-    instead of heads × T². subtle: the last query may attend to every key, so no causal mask
-    is needed for its row. The hooks live only while the model lock is held.
-    """
-    if not _hooks_fit(lm):
-        return eager_last_row(lm, ids)
-    rows: dict[int, torch.Tensor] = {}
-
-    def make_hook(index: int):
-        def hook(module, args, kwargs):
-            h = kwargs["hidden_states"] if "hidden_states" in kwargs else args[0]  # (1, T, d)
-            cos, sin = kwargs["position_embeddings"]  # (1, T, head_dim) each
-            rope = sys.modules[type(module).__module__].apply_rotary_pos_emb
-            b, t, _ = h.shape
-            q = module.q_proj(h[:, -1:]).view(b, 1, -1, module.head_dim).transpose(1, 2)  # (1, H, 1, hd)
-            k = module.k_proj(h).view(b, t, -1, module.head_dim).transpose(1, 2)  # (1, KV, T, hd)
-            q, _ = rope(q, q, cos[:, -1:], sin[:, -1:])
-            _, k = rope(k, k, cos, sin)
-            k = k.repeat_interleave(module.num_key_value_groups, dim=1)  # (1, H, T, hd)
-            scores = (q @ k.transpose(2, 3)) * module.scaling  # (1, H, 1, T)
-            rows[index] = torch.softmax(scores.float(), dim=-1)[0, :, 0]  # (H, T)
-
-        return hook
-
-    layers = lm.model.model.layers
-    with lm.lock, torch.inference_mode():
-        handles = [
-            layer.self_attn.register_forward_pre_hook(make_hook(i), with_kwargs=True)
-            for i, layer in enumerate(layers)
-        ]
-        try:
-            lm.model(input_ids=torch.tensor([ids]), use_cache=False, logits_to_keep=1)
-        finally:
-            for handle in handles:
-                handle.remove()
-    return torch.stack([rows[i] for i in range(len(layers))]).numpy()  # (layers, heads, T)
-
-
 def walk_step(lm: LoadedModel, trace: Trace, step: int) -> StepWalk:
-    """All the live data for one step (two forward passes over the step's context)."""
+    """All the live data for one step (two passes over the step's context, through the runner)."""
     if not 0 <= step < len(trace.steps):
         raise IndexError(f"step {step} is outside this reply (0..{len(trace.steps) - 1})")
     ids = context_ids(trace, step)
     states = hidden_states(lm, ids)[:, -1]  # (layers + 1, d): the last position only
     logits = lens_logits(lm, states[-1:])[-1].float()  # (vocab,) == the model's real scores
+    attention, why = None, None
+    try:
+        attention = attention_at(lm, ids, [len(ids) - 1])[:, :, 0]  # (layers, heads, T)
+    except AttentionUnavailable as exc:  # the other stages still show; stage 5 says why
+        why = str(exc)
     return StepWalk(
         step=step,
         context=ids,
         embedding=embedding_row(lm, ids[-1]),
         layers=layer_table(lm, states),
-        attention=last_position_attention(lm, ids),
+        attention=attention,
         logits=logits,
+        attention_unavailable=why,
     )
 
 
@@ -216,7 +158,12 @@ def attention_table(lm: LoadedModel, walk: StepWalk, layer: int | None = None) -
     """The current position's attention averaged over heads (and over layers when layer is None).
 
     Columns: position, token_id, text, weight; one row per context token, in order.
+    walk.attention must be there (see walk.attention_unavailable).
     """
+    if walk.attention is None:
+        raise AttentionUnavailable(
+            walk.attention_unavailable or "The attention of this step is not available."
+        )
     att = walk.attention if layer is None else walk.attention[layer : layer + 1]  # (L, H, T)
     weights = att.mean(axis=(0, 1))  # (T,)
     return pd.DataFrame(
