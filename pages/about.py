@@ -7,6 +7,7 @@ from pathlib import Path
 import streamlit as st
 
 from core import html
+from core.runner import runner_for
 from pages import common
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -81,10 +82,11 @@ st.subheader("The model")
 cols = st.columns([2, 1, 1, 1])
 cols[0].metric("Model", lm.name)
 cols[1].metric("Parameters", f"{lm.n_params / 1e6:.0f} million")
-cols[2].metric("Layers × heads", f"{lm.n_layers} × {lm.n_heads}")
-cols[3].metric("Vocabulary", f"{lm.vocab_size:,} tokens")
+facts = runner_for(lm).facts  # every number about the model comes from its own config
+cols[2].metric("Layers × heads", f"{facts.n_layers} × {facts.n_heads}")
+cols[3].metric("Vocabulary", f"{facts.vocab_size:,} tokens")
 st.markdown(
-    f"{lm.name} is a small instruction-tuned model from Hugging Face's SmolLM2 family. It runs "
+    f"{lm.name} has {facts.describe()} It runs "
     f"**locally on this computer's CPU**: nothing you type leaves the machine. It reads up to "
     f"{lm.context_length:,} tokens; this app uses a smaller budget to stay fast. Being small, it is "
     "quick and easy to look inside, but it makes mistakes a large model would not: treat its answers "

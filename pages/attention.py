@@ -7,6 +7,7 @@ import streamlit as st
 from core import html
 from core.charts import attention as charts
 from core.explain import attention as att
+from core.runner import ModelFacts, runner_for
 from pages import common, links
 
 # URL name -> label. URL: ?reply=&layer=&head=&view=&step=&mode= (layer, head, step 0-based)
@@ -45,18 +46,36 @@ nothing useful to find. Many heads then park their attention on the first token,
 sink* that carries almost no information. Heavy first-token weight usually means "this head
 is idle here", not "the first token matters".
 
-**Heads differ.** Each of the 30 layers has 9 heads. Some always look at the previous token,
-some at the sink, some at the question. The head summary lets you sort them.
+**Heads differ.** Each of the {n_layers} layers has {n_heads} heads. Some always look at the previous
+token, some at the sink, some at the question. The head summary lets you sort them.
 """
 
+
+def explanation(facts: ModelFacts) -> str:
+    """The side panel, with this model's own numbers."""
+    text = EXPLANATION.format(n_layers=facts.n_layers, n_heads=facts.n_heads)
+    if facts.sliding_window and facts.sliding_layers:
+        text += (
+            f"\n**Sliding windows.** In this model {len(facts.sliding_layers)} of the {facts.n_layers} layers "
+            f"let a token see only the last {facts.sliding_window:,} tokens; further back, their weights "
+            "are exactly 0 as well.\n"
+        )
+    return text
+
 lm = common.chat_model()
+facts = runner_for(lm).facts
 common.model_badge(lm)
 st.title("👀 Attention: where each word looked")
-st.caption(
-    "For every token of a reply, how much each of the model's 270 attention heads looked at each "
-    "earlier token. Click a head in the model view to open it."
-)
+intro = st.empty()  # the model's own numbers: drawn again once the reply's model is known
 link_slot = st.container()
+
+
+def describe(facts: ModelFacts) -> None:
+    intro.caption(
+        f"For every token of a reply, how much each of the model's {facts.total_heads:,} attention heads "
+        "looked at each earlier token. Click a head in the model view to open it."
+    )
+    side_text.markdown(explanation(facts))
 
 
 def apply_click() -> None:
@@ -77,14 +96,14 @@ def follow_url(n_steps: int) -> None:
 
     A link that names a step but no view (the candidates page's) opens the Per-token view.
     """
-    links.url_value("layer", LAYER, int, range(lm.n_layers).__contains__)
-    links.url_value("head", HEAD, int, range(lm.n_heads).__contains__)
+    links.url_value("layer", LAYER, int, range(facts.n_layers).__contains__)
+    links.url_value("head", HEAD, int, range(facts.n_heads).__contains__)
     links.url_value("view", VIEW, VIEWS.get)
     stepped = links.url_value("step", STEP, int, range(n_steps).__contains__)
     if stepped and "view" not in st.query_params:
         st.session_state[VIEW] = VIEWS["token"]
     links.url_value("mode", MODE, valid=("head", "layer", "all").__contains__)
-    st.session_state.setdefault(LAYER, lm.n_layers // 2)
+    st.session_state.setdefault(LAYER, facts.n_layers // 2)
     st.session_state.setdefault(HEAD, 0)
     st.session_state.setdefault(VIEW, VIEWS["model"])
     st.session_state.setdefault(MODE, "head")
@@ -95,8 +114,8 @@ def follow_url(n_steps: int) -> None:
 def head_picker() -> tuple[int, int, str]:
     a, b = st.columns(2)
     # numbered from 1 on the page, as the other pages number layers ("after layer 1")
-    layer = a.selectbox("Layer", range(lm.n_layers), format_func=lambda i: str(i + 1), key=LAYER)
-    head = b.selectbox("Head", range(lm.n_heads), format_func=lambda i: str(i + 1), key=HEAD)
+    layer = a.selectbox("Layer", range(facts.n_layers), format_func=lambda i: str(i + 1), key=LAYER)
+    head = b.selectbox("Head", range(facts.n_heads), format_func=lambda i: str(i + 1), key=HEAD)
     view = st.segmented_control("View", list(VIEWS.values()), key=VIEW, required=True)
     return int(layer), int(head), view or VIEWS["model"]
 
@@ -133,6 +152,9 @@ def whole_layer(ov: att.AttentionOverview, trace, layer: int):
             f"Running the model over all {ov.n_tokens:,} tokens up to layer {layer + 1}, for every row…"
         ):
             return att.layer_weights(lm, trace, layer)
+    except att.AttentionUnavailable as exc:
+        st.warning(str(exc))
+        st.stop()
     except (ValueError, RuntimeError) as exc:
         st.error(f"The attention could not be computed: {exc}")
         st.stop()
@@ -266,8 +288,8 @@ def head_summary(ov: att.AttentionOverview) -> None:
 
 
 main, side = st.columns([3, 1])
-with side:
-    st.markdown(EXPLANATION)
+side_text = side.empty()
+describe(facts)
 with main:
     ref = common.reply_picker("attention.reply")
     if ref is None:
@@ -291,15 +313,20 @@ with main:
             with st.spinner(f"Recording attention over {len(trace.full_ids):,} tokens…"):
                 ov = att.overview(lm, trace, keep_layer=layer, kv=kv)
                 reply_w = att.reply_weights(lm, trace, layer, kv=kv)  # (heads, R, T)
+    except att.AttentionUnavailable as exc:
+        st.warning(str(exc))
+        st.stop()
     except (ValueError, RuntimeError) as exc:
         st.error(f"The attention could not be computed: {exc}")
         st.stop()
-    how = (
-        "from the keys and values the chat kept while writing (no second pass over the whole conversation)"
-        if ov.method == "kv"
-        else f"with one pass of the model over all {ov.n_tokens:,} tokens"
-    )
+    how = {
+        "kv": "from the keys and values the chat kept while writing (no second pass over the whole conversation)",
+        "eager": f"with the model's eager attention pass over all {ov.n_tokens:,} tokens",
+    }.get(ov.method, f"with one pass of the model over all {ov.n_tokens:,} tokens")
     st.caption(f"Attention recorded in {ov.seconds:.1f} s, {how}.")
+    note = att.fallback_note(lm)
+    if note:
+        st.info(note, icon="ℹ️")
     if view == "Model view":
         model_view(ov, layer, head)
     elif view == "Head view":

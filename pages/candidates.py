@@ -32,7 +32,14 @@ from pages import common, links, transfer
 STEP = "candidates.step"  # URL: ?reply=&step= (0-based)
 LINE = "candidates.line"
 PICK = "candidates.pick"
-_LENS: BoundedCache = BoundedCache(16)
+
+
+@st.cache_resource(show_spinner=False)
+def _lens_tables() -> BoundedCache:
+    """Logit-lens tables per (model, reply, step). subtle: Streamlit runs a page file as a new
+    module on every rerun, so a module-level cache here would start empty every time."""
+    return BoundedCache(16)
+
 
 lm = common.chat_model()
 tok = lm.tokenizer
@@ -220,13 +227,19 @@ def lens_view(trace: Trace, i: int) -> None:
             "One forward pass over the context; each layer's state goes through the final norm and head."
         )
         return
-    start = time.perf_counter()
+    key, start = (lm.name, trace.trace_id, len(trace.steps), i), time.perf_counter()
+    cached = key in _lens_tables()
     with st.spinner("Running one forward pass…"):
-        table = _LENS.get_or_compute((trace.trace_id, i), lambda: lens_table(lm, trace, i, k=5))
+        table = _lens_tables().get_or_compute(key, lambda: lens_table(lm, trace, i, k=5))
     seconds = time.perf_counter() - start
+    timing = (
+        "Taken from the cache: computed earlier for this step."
+        if cached
+        else f"Computed in {seconds:.2f} s (cached for this step)."
+    )
     layer = first_layer_with_answer(table)
     found = f"The emitted token is the top guess from layer {layer} on." if layer is not None else ""
-    st.caption(f"{found} {MIDDLE_LAYERS_NOTE} Computed in {seconds:.2f} s (cached for this step).")
+    st.caption(f"{found} {MIDDLE_LAYERS_NOTE} {timing}")
     st.altair_chart(lens_heatmap(table), width="content")
 
 

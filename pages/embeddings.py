@@ -7,6 +7,7 @@ import streamlit as st
 from core.charts import embeddings as charts
 from core.conversation import reply_number
 from core.explain import embeddings as emb
+from core.runner import runner_for
 from pages import common, links
 
 VIEWS = ["Token similarity", "Nearest words", "Analogy", "Conversation", "Free text"]
@@ -17,6 +18,7 @@ MAX_UNITS = 60  # messages or sentences per conversation heatmap
 FREE_TEXT = "The cat sat on the mat.\nA kitten rests on a rug.\nStock prices fell sharply today."
 
 lm = common.chat_model()
+facts = runner_for(lm).facts
 common.model_badge(lm)
 st.title("🧭 Embeddings: text as vectors")
 st.caption(
@@ -73,7 +75,7 @@ def token_view() -> None:
     layer = st.slider(
         "Which vectors: 0 = input embeddings, L = hidden state after layer L",
         0,
-        lm.n_layers,
+        facts.n_layers,
         0,
         key="embeddings.layer",
         help="Layer 0 gives the same vector to the same token wherever it stands. Later layers mix "
@@ -141,7 +143,7 @@ def token_view() -> None:
 def nearest_view() -> None:
     st.markdown(
         f"Type a word to find the tokens whose **input embeddings** point most nearly the same way, "
-        f"searching all {lm.vocab_size:,} tokens of the vocabulary."
+        f"searching all {facts.vocab_size:,} tokens of the vocabulary."
     )
     word = st.text_input("Word", "Paris", key="embeddings.word", max_chars=60)
     space = st.checkbox(

@@ -17,11 +17,17 @@ MAX_CHIPS = 1500  # beyond this the browser slows down; the table still has ever
 SOURCES = ("A message", "The whole prompt of a reply", "Free text")
 SOURCE_NAMES = dict(zip(("message", "reply", "text"), SOURCES, strict=True))  # URL: ?source=
 SOURCE, VIEW = "tokens.source", "tokens.view"
-_tables: BoundedCache[pd.DataFrame] = BoundedCache(16)
 
 lm = common.chat_model(full=False)
 tok = lm.tokenizer
 common.model_badge(lm)
+
+
+@st.cache_resource(show_spinner=False)
+def _tables() -> BoundedCache[pd.DataFrame]:
+    """Token tables of typed text per (model, text). subtle: Streamlit runs a page file as a new
+    module on every rerun, so a module-level cache here would start empty every time."""
+    return BoundedCache(16)
 
 
 @st.cache_resource(show_spinner="Loading the WordPiece tokenizer…")
@@ -65,7 +71,9 @@ def pick_source() -> tuple[pd.DataFrame, str | None]:
             max_chars=20_000,
             key="tokens.free_text",
         )
-        table = _tables.get_or_compute(("text", text), lambda: tokenization.text_table(tok, text))
+        table = _tables().get_or_compute(
+            (lm.source, "text", text), lambda: tokenization.text_table(tok, text)
+        )
         return table, text
     if source == SOURCES[1]:
         ref = common.reply_picker("tokens.reply")

@@ -14,6 +14,7 @@ from core import html
 from core.cache import BoundedCache
 from core.charts import walkthrough as charts
 from core.explain import walkthrough as wt
+from core.runner import ModelFacts, runner_for
 from core.sampling import sampling_probs, tokens_for_mass
 from core.settings import SamplingSettings
 from core.tokens import readable
@@ -83,7 +84,35 @@ def context_chips(table, attention=None, max_w: float = 1.0) -> str:
     return html.chips(items)
 
 
+def position_text(facts: ModelFacts, name: str, position: int) -> str:
+    """Stage 3 for this model's own position scheme."""
+    opening = (
+        "The embedding of a word is the same wherever it stands, so how does the model know word order? "
+    )
+    if facts.positions == "rotary":
+        how = (
+            f"{name} uses **rotary position embeddings** (RoPE): inside every attention layer, the query and "
+            "key vectors are rotated by an angle that grows with the token's position. When two tokens are "
+            "compared, only the *difference* of their angles survives, so attention can tell near from far "
+            "without any position vector being added."
+        )
+    else:
+        how = (
+            f"{name} uses **learned position embeddings**: a second table holds one vector per position "
+            f"(up to {facts.context_length:,}), and the vector for this position is added to the token's "
+            "embedding before the first layer."
+        )
+    window = (
+        f" Besides, {len(facts.sliding_layers)} of its {facts.n_layers} layers use a **sliding window**: "
+        f"there a token sees only the last {facts.sliding_window:,} tokens."
+        if facts.sliding_window and facts.sliding_layers
+        else ""
+    )
+    return f"{opening}{how}{window} The current token sits at position {position}."
+
+
 lm = common.chat_model()
+facts = runner_for(lm).facts
 common.model_badge(lm)
 st.title("🚶 From prompt to reply")
 st.markdown(
@@ -102,7 +131,9 @@ step = step_picker(trace, lm.tokenizer)
 links.copy_link(link_slot)
 chosen = trace.steps[step]
 with st.spinner("Running the model over the context (about a second)…"):
-    walk = _walk_cache().get_or_compute((trace.trace_id, step), lambda: wt.walk_step(lm, trace, step))
+    walk = _walk_cache().get_or_compute(
+        (lm.source, trace.trace_id, step), lambda: wt.walk_step(lm, trace, step)
+    )
 context = wt.context_tokens(lm, trace, step)
 last = readable(lm.tokenizer, walk.last_id)
 picked = readable(lm.tokenizer, chosen.token_id)
@@ -124,8 +155,14 @@ with stage(
     2,
     "Tokens → ids → vectors",
     f"Each token is a number, its **id**, and the id picks one row of the **embedding table**: "
-    f"{lm.vocab_size:,} rows of {walk.embedding.shape[0]} numbers each. That row is the token's "
-    "starting vector. Below is the row for the current token, one cell per number.",
+    f"{facts.vocab_size:,} rows of {facts.d_model:,} numbers each. That row is the token's "
+    "starting vector"
+    + (
+        f" (this model multiplies it by {facts.embedding_scale:.1f} before the first layer)"
+        if facts.embedding_scale != 1.0
+        else ""
+    )
+    + ". Below is the row for the current token, one cell per number.",
 ):
     a, b, c = st.columns(3)
     a.metric("Current token", last)
@@ -134,20 +171,12 @@ with stage(
     st.altair_chart(charts.embedding_strip(wt.embedding_cells(walk.embedding)), width="stretch")
     link("pages/embeddings.py", "Explore the embedding space", trace, step)
 
-stage(
-    3,
-    "Position",
-    "The embedding of a word is the same wherever it stands, so how does the model know word "
-    f"order? {lm.name} uses **rotary position embeddings** (RoPE): inside every attention layer, "
-    "the query and key vectors are rotated by an angle that grows with the token's position. When "
-    "two tokens are compared, only the *difference* of their angles survives, so attention can tell "
-    f"near from far without any position vector being added. The current token sits at position {T - 1}.",
-)
+stage(3, "Position", position_text(facts, lm.name, T - 1))
 
 with stage(
     4,
     "Through the layers",
-    f"The vector now passes through **{lm.n_layers} decoder blocks**. Each block lets the token "
+    f"The vector now passes through **{facts.n_layers} decoder blocks**. Each block lets the token "
     "look at the others (attention) and then transforms it on its own (an MLP); each adds its "
     "result to the vector. The bars show the vector's length, the blue line how close it already "
     "is to its final direction. The **logit lens** reads each layer's vector with the output head: "
@@ -169,21 +198,20 @@ with stage(
         "drops, and the cosine is measured after that normalisation at every layer."
     )
 
-with stage(
-    5,
-    "Attention at this step",
-    "Attention is how the current position gathers information from earlier tokens. Darker blue "
-    "marks the tokens it attended to most, averaged over all heads. This is the attention that "
-    "chose the step's token: the current position is the token *before* it.",
-):
+
+def attention_stage() -> None:
+    """Stage 5: the current position's attention, or one sentence on why it cannot be shown."""
     st.html(
         html.text_block(
             f"The attention of {last} (position {walk.position}) → chose {picked} (reply token {step + 1})."
         )
     )
+    if walk.attention is None:
+        st.warning(walk.attention_unavailable)
+        return
     layer = st.selectbox(
         "Layer",
-        [-1, *range(lm.n_layers)],
+        [-1, *range(facts.n_layers)],
         format_func=lambda i: "all layers (average)" if i < 0 else f"layer {i + 1}",
         key=LAYER,
     )
@@ -212,12 +240,22 @@ with stage(
         **shown,
     )
 
-tied = bool(getattr(lm.model.config, "tie_word_embeddings", False))
+
+with stage(
+    5,
+    "Attention at this step",
+    "Attention is how the current position gathers information from earlier tokens. Darker blue "
+    "marks the tokens it attended to most, averaged over all heads. This is the attention that "
+    "chose the step's token: the current position is the token *before* it.",
+):
+    attention_stage()
+
+tied = facts.tied_embeddings
 with stage(
     6,
     "Final vector → logits",
-    f"After the last block and a final normalisation, the **output head** (a {lm.vocab_size:,} × "
-    f"{walk.embedding.shape[0]} matrix) scores every entry of the vocabulary: **{lm.vocab_size:,} "
+    f"After the last block and a final normalisation, the **output head** (a {facts.vocab_size:,} × "
+    f"{facts.d_model:,} matrix) scores every entry of the vocabulary: **{facts.vocab_size:,} "
     "raw scores**, called logits. Higher means more likely. "
     + (
         "In this model the output head *is* the embedding table from stage 2, reused."
@@ -284,7 +322,7 @@ with stage(
 
 st.divider()
 st.subheader("Decoder-only versus encoder-decoder")
-st.image(html.architecture_svg(lm.name, lm.n_layers), width=760)  # inline SVG markup, no file
+st.image(html.architecture_svg(lm.name, facts.n_layers), width=760)  # inline SVG markup, no file
 st.markdown(
     "The original Transformer (2017) had two stacks. An **encoder** reads the whole input at once, "
     "every token seeing every other; a **decoder** writes the output one token at a time, attending to "
