@@ -295,6 +295,8 @@ with main:
     if ref is None:
         st.stop()
     trace = ref.message.trace
+    lm = common.model_for(trace)  # the model that wrote this reply (the chat may use another one now)
+    facts = runner_for(lm).facts
     if not trace.steps:
         st.info("This reply has no tokens yet, so there is no attention to show.")
         st.stop()

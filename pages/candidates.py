@@ -249,6 +249,8 @@ if ref is None:
         transfer.show()
     st.stop()
 trace = ref.message.trace
+lm = common.model_for(trace)  # the model that wrote this reply (the chat may use another one now)
+tok = lm.tokenizer
 if not trace.steps:
     st.info("This reply has no recorded steps.")
     st.stop()

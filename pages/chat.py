@@ -12,7 +12,7 @@ from core.generation import new_trace, stream
 from core.html import markdown_safe
 from core.settings import SamplingSettings
 from core.store import CHUNK
-from pages import common, explain_panel, persist, transfer
+from pages import common, explain_panel, model_picker, persist, transfer
 
 EXAMPLES = [
     "What is the capital of Australia?",
@@ -30,6 +30,7 @@ if not history or history[0].role != "system":
 
 # -- sidebar: the one place the sampling settings are edited ------------------------------
 def sidebar() -> SamplingSettings:
+    model_picker.show()  # which model writes the next reply
     sb = st.sidebar
     sb.header("Settings")
     # Starting values live in common.CHAT_WIDGETS, not in value=, so they survive other pages.

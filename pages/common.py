@@ -6,6 +6,7 @@ Session-state keys are prefixed by owner: "chat.*" for the conversation, "<page>
 
 from __future__ import annotations
 
+import gc
 import logging
 import os
 import threading
@@ -13,18 +14,22 @@ from dataclasses import dataclass
 
 import streamlit as st
 
+from core import hub
 from core.conversation import Message, reply_number
 from core.cores import fit_torch_threads
 from core.generation import warm_up
+from core.memory import give_back_freed_memory
 from core.models import ENV_MODEL, LoadedModel, ModelUnavailable, load_chat_model, load_embedder
 from core.runner import runner_for
 from core.settings import DEFAULT_CONTEXT_BUDGET, DEFAULT_SYSTEM_PROMPT, SamplingSettings
+from core.trace import Trace
 
 MESSAGES = "chat.messages"
 SYSTEM_PROMPT = "chat.system_prompt"
 BUDGET = "chat.context_budget"
 SELECTED = "explain.selected"  # trace_id of the reply the explanation pages show
 TOGGLES = "explain.toggle."  # + message id: each reply's Explain toggle on the chat page
+CHOICE = "model.choice"  # the hub id this visitor picked in the sidebar (absent: the default model)
 
 log = logging.getLogger(__name__)
 _DEFAULT = SamplingSettings()
@@ -97,7 +102,32 @@ def _embedder():
 
 
 def chat_model(full: bool = True) -> LoadedModel:
-    """The shared chat model, loaded once per process, with a visible status on first load.
+    """The model this session chats with: the one picked in the sidebar's model picker
+    (st.session_state[CHOICE], a downloaded hub id), else the default model.
+
+    A picked model that cannot be loaded now (not downloaded, no room in memory) is dropped
+    with a warning saying why, and the chat goes on with the default. full: as default_model.
+    """
+    choice = st.session_state.get(CHOICE)
+    if choice:
+        try:
+            lm = _extra_here(choice)
+        except ModelNotHere as exc:
+            st.session_state.pop(CHOICE, None)
+            st.warning(
+                f"{hub.display_name(choice)} cannot be used now: {exc}. "
+                f"The chat uses {default_model(full=False).name} again."
+            )
+        else:
+            if full:
+                with st.spinner("Loading the model's layers for the explanations…"):
+                    _wait_for_layers(lm)
+            return lm
+    return default_model(full)
+
+
+def default_model(full: bool = True) -> LoadedModel:
+    """The server's default model, loaded once per process, with a visible status on first load.
 
     Stops the page with a clear message (not a traceback) when no source works. The chat can
     start before the transformers model behind the explanation passes has finished loading
@@ -125,7 +155,7 @@ def chat_model(full: bool = True) -> LoadedModel:
             st.stop()
         box.update(label=f"{lm.name} is ready ({lm.load_seconds:.1f} s)", state="complete", expanded=False)
     _READY.add(configured)
-    return chat_model(full)
+    return default_model(full)
 
 
 def _wait_for_layers(lm: LoadedModel) -> None:
@@ -141,8 +171,208 @@ def _wait_for_layers(lm: LoadedModel) -> None:
         if st.button("Load the model again", icon="🔄"):
             _chat_model.clear()  # the next run loads it afresh; the conversation stays in the session
             _READY.clear()
+            with _EXTRA_LOCK:
+                _extra_model.clear()
+                _RESIDENT.clear()
             st.rerun()
         st.stop()
+
+
+# -- models picked in the sidebar (pages/model_picker.py) -----------------------------------------
+# Besides the default model, at most ONE extra model is resident in the process: loading a
+# second one unloads the first (its cache entry is cleared and the memory given back), so
+# memory stays bounded however many visitors pick however many models. Visitors who picked
+# different models take turns: each switch loads the model again from the disk cache.
+EVICT_WAIT = 30.0  # seconds to wait for a reply that is using the extra model to end, before unloading it
+_EXTRA_LOCK = threading.Lock()
+_RESIDENT: dict[str, LoadedModel] = {}  # the extra model loaded now, by hub id (at most one entry)
+
+
+class ModelNotHere(Exception):
+    """An extra model cannot be used now. The message is a clause: "it is not downloaded on this server…"."""
+
+
+NOT_DOWNLOADED = "it is not downloaded here; pick it in the chat's model picker to download it first"
+
+
+@st.cache_resource(show_spinner=False, max_entries=1)
+def _extra_model(source: str) -> LoadedModel:
+    """A model downloaded from the hub (source: its hub id), loaded from the hub cache."""
+    folder = hub.cached_snapshot(source)
+    if folder is None:
+        raise ModelNotHere(NOT_DOWNLOADED)
+    problem = hub.chat_model_problem(folder, source)
+    if problem:
+        raise ModelNotHere(problem)
+
+    def only_this_folder(message: str) -> None:
+        # subtle: load_chat_model falls back to the default model when a configured source fails
+        # (and would load a second copy of it). Each fallback announces itself through progress
+        # before it loads anything, so refusing every other message keeps the failure a failure.
+        if str(folder) not in message:
+            raise RuntimeError(f"{source} did not load")
+
+    try:
+        lm = load_chat_model(str(folder), progress=only_this_folder)
+    except ModelUnavailable as exc:
+        reason = exc.attempts[0][1] if exc.attempts else str(exc)
+        raise ModelNotHere(f"its files could not be loaded ({reason})") from exc
+    if not lm.source.startswith("configured"):  # a fallback got through after all: never pass it off
+        raise ModelNotHere("its files could not be loaded")
+    lm.name = source  # traces record it: model_for finds the model again by this name
+    lm.public_source = f"Hugging Face hub ({source}), picked in the sidebar"
+    warm_up(lm)
+    threading.Thread(target=runner_for(lm).self_check, name="glassbox-self-check", daemon=True).start()
+    return lm
+
+
+def extra_budget_gb() -> float:
+    """The most memory an extra model may need now (unloading the current extra frees its weights)."""
+    return hub.memory_budget_gb(sum(lm.n_params * 4 / 1e9 for lm in list(_RESIDENT.values())))
+
+
+def _load_extra(source: str) -> LoadedModel:
+    """The extra model `source`, loaded if needed. Loading one unloads any other extra first.
+
+    Raises ModelNotHere when it is not downloaded, would not fit in memory, or another extra
+    model is busy writing a reply for longer than EVICT_WAIT.
+    """
+    with _EXTRA_LOCK:
+        if source in _RESIDENT:
+            return _extra_model(source)
+        folder = hub.cached_snapshot(source)
+        if folder is None:
+            raise ModelNotHere(NOT_DOWNLOADED)
+        try:
+            need, budget = hub.folder_need_gb(folder), extra_budget_gb()
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise ModelNotHere(f"its files could not be read ({exc})") from exc
+        if need > budget:
+            raise ModelNotHere(
+                f"it needs about {need:.1f} GB of memory to load, and this server has {budget:.1f} GB free for it"
+            )
+        for other in list(_RESIDENT):
+            _unload(other)
+        lm = _extra_model(source)
+        _RESIDENT[source] = lm
+        return lm
+
+
+def _unload(source: str) -> None:
+    """Unload the extra model `source` (the caller holds _EXTRA_LOCK)."""
+    lm = _RESIDENT[source]
+    if not lm.lock.acquire(timeout=EVICT_WAIT):  # a reply or an explanation is using it
+        raise ModelNotHere(
+            f"{hub.display_name(source)} is busy writing for another visitor, and only one extra model "
+            "fits in memory; try again in a moment"
+        )
+    try:
+        del _RESIDENT[source]
+        _extra_model.clear(source)
+        _forget_runner(lm)
+    finally:
+        lm.lock.release()
+    del lm
+    gc.collect()  # the model's modules hold reference cycles
+    give_back_freed_memory()
+    log.info("unloaded the extra model %s", source)
+
+
+def _forget_runner(lm: LoadedModel) -> None:
+    """core.runner keeps one Runner per model, and a Runner holds its model: drop it with the model."""
+    from core import runner
+
+    forget = getattr(runner, "forget", None)
+    if forget is not None:
+        forget(lm)
+        return
+    with runner._RUNNERS_LOCK:  # noqa: SLF001 - until core.runner offers forget(lm)
+        runner._RUNNERS.pop(id(lm), None)  # noqa: SLF001
+
+
+def _extra_here(source: str) -> LoadedModel:
+    """_load_extra with a spinner when it has to load."""
+    if source in _RESIDENT:
+        return _load_extra(source)
+    with st.spinner(f"Loading {hub.display_name(source)} (a few seconds)…"):
+        return _load_extra(source)
+
+
+@st.cache_resource(show_spinner=False, max_entries=4)
+def _tokenizer_only(source: str) -> LoadedModel:
+    """A downloaded model's tokenizer and facts, without its weights: for views that only read
+    tokens (the chat's Explain panels, the tokenization page), so that showing an old reply
+    never unloads the model another visitor is chatting with."""
+    from transformers import AutoConfig, AutoTokenizer
+
+    folder = hub.cached_snapshot(source)
+    if folder is None:
+        raise ModelNotHere(NOT_DOWNLOADED)
+    config = AutoConfig.from_pretrained(folder)
+    return LoadedModel(
+        tokenizer=AutoTokenizer.from_pretrained(folder),
+        name=source,
+        source=f"hub cache {folder} (tokenizer only)",
+        public_source=f"Hugging Face hub ({source})",
+        context_length=int(getattr(config, "max_position_embeddings", 2048)),
+        n_params=hub.folder_parameters(folder),
+        load_seconds=0.0,
+        config=config,
+        eos_ids=frozenset(),
+    )
+
+
+def switch_to(source: str | None) -> LoadedModel:
+    """Make `source` (a downloaded hub id; None: the default) this session's chat model, for
+    the next reply. Raises ModelNotHere."""
+    lm = _extra_here(source) if source else default_model(full=False)
+    if source:
+        st.session_state[CHOICE] = source
+    else:
+        st.session_state.pop(CHOICE, None)
+    st.session_state.pop("chat.kv", None)  # the other model's keys and values are no use to this one
+    return lm
+
+
+def model_for(trace: Trace, full: bool = True, stop: bool = True) -> LoadedModel | None:
+    """The model that wrote `trace` (found by trace.model_name), loaded if needed.
+
+    The default model, or an extra model downloaded on this server that fits in memory (it
+    may unload another extra). Otherwise says why in a sentence and stops the page (stop=False:
+    returns None instead). full=False needs only the tokenizer: a downloaded model that is not
+    loaded then gives its tokenizer alone, and nothing is unloaded.
+    """
+    default = default_model(full=False)
+    name, reply = trace.model_name, _reply_name(trace)
+    lm: LoadedModel | None = None
+    if name == default.name:
+        lm = default_model(full)
+    elif not hub.is_repo_id(name):
+        why = f"which this server does not have (it runs {default.name})"
+    else:
+        try:
+            lm = _extra_here(name) if full or name in _RESIDENT else _tokenizer_only(name)
+        except ModelNotHere as exc:
+            why = f"which is not loaded on this server: {exc}"
+    if lm is None:
+        st.info(f"{reply} was written by {hub.display_name(name)}, {why}.", icon="ℹ️")
+        if stop:
+            st.stop()
+        return None
+    if full and lm is not default:
+        with st.spinner("Loading the model's layers for the explanations…"):
+            _wait_for_layers(lm)
+    if name != st.session_state.get(CHOICE, default.name):
+        st.caption(f"{reply} was written by {hub.display_name(name)}; this view uses that model.")
+    return lm
+
+
+def _reply_name(trace: Trace) -> str:
+    """'Reply 2' (as the reply pickers name it), or 'This reply'."""
+    for ref in replies():
+        if ref.message.trace is trace or ref.message.trace.trace_id == trace.trace_id:
+            return ref.label.split(":", 1)[0]
+    return "This reply"
 
 
 def embedder():

@@ -60,6 +60,8 @@ def token_view() -> None:
     if ref is None:
         return
     trace = ref.message.trace
+    lm = common.model_for(trace)  # the model that wrote this reply (the chat may use another one now)
+    facts = runner_for(lm).facts
     parts = emb.message_parts(trace, common.messages())
     pick = st.selectbox(
         "Message to show (as the model read it for this reply, or the reply as it wrote it)",

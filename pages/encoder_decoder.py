@@ -94,6 +94,9 @@ def title(square: ed.AttentionSquare) -> tuple[str, str]:
 
 
 raw, from_chat = pick_text()
+written = common.messages()[st.session_state[MESSAGE]].trace if from_chat else None
+if written is not None:  # a reply is read by the model that wrote it (the chat may use another one now)
+    lm = common.model_for(written)
 sentence = ed.bounded(raw)
 if sentence.cut:
     st.info(

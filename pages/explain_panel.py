@@ -39,7 +39,7 @@ def plain_label(text: str) -> str:
 
 def _views(message: Message) -> tuple[str, str]:
     trace = message.trace
-    tok = common.chat_model(full=False).tokenizer
+    tok = common.model_for(trace, full=False).tokenizer  # the tokenizer of the model that wrote it
     key = (trace.trace_id, len(trace.steps), trace.finish_reason)
     return _VIEWS.get_or_compute(
         key,
@@ -53,7 +53,10 @@ def show(message: Message) -> None:
     if trace is None or not trace.steps:
         st.caption("This reply has no recorded steps to explain.")
         return
-    tok = common.chat_model(full=False).tokenizer
+    written_by = common.model_for(trace, full=False, stop=False)  # says why when it is not here
+    if written_by is None:
+        return
+    tok = written_by.tokenizer
     chip_html, summary = _views(message)
     with st.container(border=True, key=f"explain.panel.{message.id}"):
         st.caption(

@@ -84,7 +84,7 @@ def pick_source() -> tuple[pd.DataFrame, str | None]:
             f"Exactly what the model received ({len(trace.prompt_ids):,} prompt tokens, chat template "
             f"included) and the {len(trace.steps):,} tokens it wrote."
         )
-        table = tokenization.trace_table(tok, trace)
+        table = tokenization.trace_table(common.model_for(trace, full=False).tokenizer, trace)
         return table, None
     table, expected = pick_message()
     return table, expected

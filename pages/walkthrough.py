@@ -124,6 +124,8 @@ ref = common.reply_picker("walkthrough.reply")
 if ref is None:
     st.stop()
 trace = ref.message.trace
+lm = common.model_for(trace)  # the model that wrote this reply (the chat may use another one now)
+facts = runner_for(lm).facts
 if not trace.steps or not trace.steps[0].top_ids:
     st.info("This reply has no recorded steps to walk through. Pick another reply.")
     st.stop()

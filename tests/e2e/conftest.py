@@ -322,3 +322,35 @@ def selectbox_text(page, label: str) -> str:
         """(el) => [el.innerText, ...[...el.querySelectorAll('input')].map(i => i.value),
                    ...[...el.querySelectorAll('[title]')].map(e => e.getAttribute('title'))].join(' ')"""
     )
+
+
+# -- the model picker against a fake hub on 127.0.0.1 (tests/fake_hub.py) --------------------------
+PICKER_REPO = "HuggingFaceTB/SmolLM2-360M-Instruct"  # a name from the picker's list, served by a tiny model
+
+
+@pytest.fixture(scope="session")
+def picker_hub(lm, tmp_path_factory):
+    """A fake hub serving a tiny random model under a listed hub id, at 4 MB/s (about 7 s for its
+    29 MB), so the progress bar can be watched."""
+    from tests.fake_hub import FakeHub
+    from tests.tiny_models import build
+
+    folder = build("llama", tmp_path_factory.mktemp("picker-hub") / "tiny", lm.tokenizer)
+    with FakeHub({PICKER_REPO: folder}, rate=4e6) as served:
+        yield served
+
+
+@pytest.fixture(scope="session")
+def picker_app(picker_hub, tmp_path_factory):
+    """(process, url) of an app server whose hub is the fake one, with an empty hub cache. The
+    listed model's RAM need is the real one's (3.1 GB), so the memory check is set aside."""
+    proc, url = start_server(
+        {
+            "HF_ENDPOINT": picker_hub.url,
+            "HF_HUB_OFFLINE": "0",
+            "HF_HUB_CACHE": str(tmp_path_factory.mktemp("picker-hub-cache")),
+            "GLASSBOX_EXTRA_MODEL_GB": "100",
+        }
+    )
+    yield proc, url
+    stop_server(proc)
