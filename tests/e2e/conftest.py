@@ -172,6 +172,30 @@ def screenshot(page, name: str) -> Path:
     return path
 
 
+def whole_page(page, name: str, width: int | None = None, settle_ms: int = 1500) -> Path:
+    """Screenshot the whole page at `width` (default: the current one), then restore the viewport.
+
+    subtle: Streamlit scrolls an inner element, not the window, so a plain full-page screenshot
+    stops at the viewport; the viewport grows to fit the page first.
+    """
+    before = page.viewport_size or {"width": 1400, "height": 1000}
+    page.wait_for_timeout(settle_ms)  # charts draw after the script has finished
+    height = page.evaluate("() => document.querySelector('[data-testid=\"stMain\"]').scrollHeight")
+    page.set_viewport_size({"width": width or before["width"], "height": int(height) + 100})
+    page.wait_for_timeout(1000)
+    path = screenshot(page, name)
+    page.set_viewport_size(before)
+    return path
+
+
+def open_view(page, name: str) -> None:
+    """Pick a view in a page's segmented control (the attention and embeddings pages)."""
+    page.locator('[data-testid="stButtonGroup"] button', has_text=name).first.click()
+    page.wait_for_timeout(300)
+    wait_idle(page)
+    assert_no_exception(page)
+
+
 def chromium_available() -> bool:
     return Path(CHROMIUM).exists() or shutil.which("chromium") is not None
 

@@ -7,6 +7,7 @@ import pytest
 from tests.e2e.conftest import (
     assert_no_exception,
     go_to,
+    open_view,
     quick_replies,
     screenshot,
     send_and_wait,
@@ -15,12 +16,6 @@ from tests.e2e.conftest import (
 )
 
 pytestmark = pytest.mark.browser
-
-
-def open_view(page, name: str) -> None:
-    page.locator('[data-testid="stButtonGroup"] button', has_text=name).first.click()
-    page.wait_for_timeout(300)
-    wait_idle(page)
 
 
 def test_attention_views_for_a_two_turn_chat(page):

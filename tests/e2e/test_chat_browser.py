@@ -1,6 +1,10 @@
 """The chat page in a real browser: a two-turn conversation with streamed replies."""
 
+import pytest
+
 from tests.e2e.conftest import assert_no_exception, screenshot, send_chat, wait_idle
+
+pytestmark = pytest.mark.browser
 
 
 def test_two_turn_conversation_streams_replies(page):

@@ -1,49 +1,26 @@
 """The embeddings page in a real browser, on a real two-turn conversation: one screenshot per view."""
 
+import pytest
+
 from tests.e2e.conftest import (
     assert_no_exception,
     go_to,
+    open_view,
     quick_replies,
-    screenshot,
-    send_chat,
+    send_and_wait,
     wait_idle,
+    whole_page,
 )
+
+pytestmark = pytest.mark.browser
 
 CHARTS = '[data-testid="stVegaLiteChart"]'
 
 
-def _whole_page(page, name: str) -> None:
-    """subtle: Streamlit scrolls an inner element, so grow the viewport to fit the page first."""
-    page.wait_for_timeout(1500)  # charts draw after the script has finished
-    height = page.evaluate("() => document.querySelector('[data-testid=\"stMain\"]').scrollHeight")
-    page.set_viewport_size({"width": 1400, "height": int(height) + 100})
-    page.wait_for_timeout(1000)
-    screenshot(page, name)
-    page.set_viewport_size({"width": 1400, "height": 1000})
-
-
-def _view(page, name: str) -> None:
-    page.locator('[data-testid="stButtonGroup"] button').filter(has_text=name).first.click()
-    page.wait_for_timeout(300)
-    wait_idle(page)
-    assert_no_exception(page)
-
-
-def _chat(page, text: str, messages: int) -> None:
-    """Send a message and wait until the reply is complete (on a loaded machine idle can flicker)."""
-    send_chat(page, text)
-    page.wait_for_function(
-        f"""() => document.querySelectorAll('[data-testid="stChatMessage"]').length >= {messages}""",
-        timeout=300_000,
-    )
-    page.locator('[class*="st-key-chat-stop"]').wait_for(state="detached", timeout=300_000)
-    wait_idle(page, 300_000)
-
-
 def test_every_view_of_the_embeddings_page(page):
     quick_replies(page, max_new_tokens=40)
-    _chat(page, "Why does my cat sleep in the sun all day?", 2)
-    _chat(page, "And why did stock prices fall this week?", 4)
+    send_and_wait(page, "Why does my cat sleep in the sun all day?")  # waits for the complete reply
+    send_and_wait(page, "And why did stock prices fall this week?")
     replies = page.locator('[data-testid="stChatMessage"]').all_inner_texts()[1::2]
     assert len(replies) == 2 and all(len(r.split()) >= 5 for r in replies)
     go_to(page, "Embeddings")
@@ -51,7 +28,7 @@ def test_every_view_of_the_embeddings_page(page):
     page.locator(CHARTS).nth(1).wait_for()
     assert page.locator(CHARTS).count() == 2  # heatmap and token map
     assert page.get_by_text("of the variance of these", exact=False).count() == 1
-    _whole_page(page, "embeddings-tokens-input")
+    whole_page(page, "embeddings-tokens-input")
 
     # a point on the map highlights its token and lists its nearest words
     page.locator(CHARTS).nth(1).locator("g.mark-symbol path").nth(2).click(force=True)
@@ -59,7 +36,7 @@ def test_every_view_of_the_embeddings_page(page):
     wait_idle(page)
     assert_no_exception(page)
     assert page.get_by_text("Nearest words to", exact=False).count() == 1
-    _whole_page(page, "embeddings-tokens-selected")
+    whole_page(page, "embeddings-tokens-selected")
 
     # The first hidden-state layer runs the model once over the whole reply: on a shared 2-core
     # machine that can take minutes, so this step waits longer than set_slider does.
@@ -74,36 +51,36 @@ def test_every_view_of_the_embeddings_page(page):
     assert_no_exception(page)
     page.locator(CHARTS).nth(1).wait_for()
     assert page.locator(CHARTS).count() == 2
-    _whole_page(page, "embeddings-tokens-layer12")
+    whole_page(page, "embeddings-tokens-layer12")
 
     page.locator('[data-testid="stRadio"] label').filter(has_text="the mean of the tokens shown").click()
     page.wait_for_timeout(300)
     wait_idle(page)
     assert_no_exception(page)
-    _whole_page(page, "embeddings-tokens-layer12-centred")
+    whole_page(page, "embeddings-tokens-layer12-centred")
 
-    _view(page, "Nearest words")
+    open_view(page, "Nearest words")
     page.get_by_label("Word", exact=True).fill("king")
     page.get_by_label("Word", exact=True).press("Enter")
     page.wait_for_timeout(300)
     wait_idle(page)
     assert page.locator(CHARTS).count() == 1
-    _whole_page(page, "embeddings-nearest-king")
+    whole_page(page, "embeddings-nearest-king")
 
-    _view(page, "Analogy")
+    open_view(page, "Analogy")
     assert page.get_by_text("imperfectly", exact=False).count() == 1
-    _whole_page(page, "embeddings-analogy")
+    whole_page(page, "embeddings-analogy")
 
-    _view(page, "Conversation")
+    open_view(page, "Conversation")
     assert page.locator(CHARTS).count() == 3  # heatmap, map by role, "what was this reply about?"
-    _whole_page(page, "embeddings-conversation-messages")
+    whole_page(page, "embeddings-conversation-messages")
     page.locator('[data-testid="stRadio"] label').filter(has_text="every sentence").click()
     page.wait_for_timeout(300)
     wait_idle(page)
     assert_no_exception(page)
-    _whole_page(page, "embeddings-conversation-sentences")
+    whole_page(page, "embeddings-conversation-sentences")
 
-    _view(page, "Free text")
+    open_view(page, "Free text")
     assert page.locator(CHARTS).count() == 1
-    _whole_page(page, "embeddings-free-text")
+    whole_page(page, "embeddings-free-text")
     assert_no_exception(page)

@@ -5,17 +5,13 @@ from __future__ import annotations
 import pytest
 
 from tests.e2e.conftest import (
-    CHROMIUM,
-    CHROMIUM_ARGS,
     assert_no_exception,
     go_to,
     quick_replies,
-    screenshot,
     selectbox_text,
     send_and_wait,
-    start_server,
-    stop_server,
     wait_idle,
+    whole_page,
 )
 
 pytestmark = pytest.mark.browser
@@ -42,32 +38,6 @@ TOO_WIDE = """() => {
 }"""
 
 
-@pytest.fixture(scope="module")
-def server():
-    proc, url = start_server()
-    yield url
-    stop_server(proc)
-
-
-@pytest.fixture(scope="module")
-def browser():
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as p:
-        b = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
-        yield b
-        b.close()
-
-
-def _whole_page(page, name: str, width: int) -> None:
-    """subtle: Streamlit scrolls an inner element, so grow the viewport to fit the page first."""
-    page.wait_for_timeout(1500)  # charts draw after the script has finished
-    height = page.evaluate("() => document.querySelector('[data-testid=\"stMain\"]').scrollHeight")
-    page.set_viewport_size({"width": width, "height": int(height) + 100})
-    page.wait_for_timeout(1000)
-    screenshot(page, name)
-
-
 def _fits(page) -> None:
     page.wait_for_timeout(1500)  # the charts size themselves to the container after drawing
     report = page.evaluate(TOO_WIDE)
@@ -81,13 +51,13 @@ def _both_charts(page) -> None:
     assert page.get_by_text("The square and the triangle").count() == 1
 
 
-def test_square_beside_triangle_on_a_laptop_and_a_phone(browser, server):
+def test_square_beside_triangle_on_a_laptop_and_a_phone(browser, app_url):
     desktop = browser.new_context(viewport={"width": 1400, "height": 1000})
     page = desktop.new_page()
     page.set_default_timeout(60_000)
     errors: list[str] = []
     page.on("pageerror", lambda e: errors.append(str(e)))
-    page.goto(server)
+    page.goto(app_url)
     wait_idle(page)
     quick_replies(page, 8)
     send_and_wait(page, "What is the capital of Australia?")
@@ -97,7 +67,7 @@ def test_square_beside_triangle_on_a_laptop_and_a_phone(browser, server):
     assert "Reply 1" in selectbox_text(page, "Message")
     captions = page.locator('[data-testid="stCaptionContainer"]').all_inner_texts()
     assert any("(above the diagonal): 0.0%" in c for c in captions)  # the decoder's triangle
-    _whole_page(page, "encoder-decoder-1400", 1400)
+    whole_page(page, "encoder-decoder-1400", 1400)
 
     # The same conversation on a phone: the owner cookie comes along, the URL names the conversation.
     phone = browser.new_context(
@@ -111,7 +81,7 @@ def test_square_beside_triangle_on_a_laptop_and_a_phone(browser, server):
     _both_charts(small)
     small.wait_for_timeout(1500)
     _fits(small)
-    _whole_page(small, "encoder-decoder-390", PHONE["width"])
+    whole_page(small, "encoder-decoder-390", PHONE["width"])
 
     # The widest case: a typed sentence at the length limit, its tokens crowded into 390 px.
     small.set_viewport_size(PHONE)
@@ -125,7 +95,7 @@ def test_square_beside_triangle_on_a_laptop_and_a_phone(browser, server):
     wait_idle(small)
     _both_charts(small)
     _fits(small)
-    _whole_page(small, "encoder-decoder-390-long", PHONE["width"])
+    whole_page(small, "encoder-decoder-390-long", PHONE["width"])
     assert not errors, errors
     phone.close()
     desktop.close()

@@ -13,7 +13,17 @@ from core.conversation import Message, build_prompt
 from core.export import conversation_json
 from core.generation import generate, new_trace
 from core.settings import SamplingSettings
-from tests.e2e.conftest import SHOTS, assert_no_exception, open_expander, screenshot, send_chat, wait_idle
+from tests.e2e.conftest import (
+    SHOTS,
+    assert_no_exception,
+    go_to,
+    open_expander,
+    screenshot,
+    send_chat,
+    wait_idle,
+)
+
+pytestmark = pytest.mark.browser
 
 HOSTILE = (
     "<script>window.__pwned=1</script> and "
@@ -21,12 +31,6 @@ HOSTILE = (
     "[x](javascript:window.__pwned=1) and </div></span> done"
 )
 TIMINGS = SHOTS.parent / "timings.txt"
-
-
-def _nav(page, title: str) -> None:
-    page.locator('[data-testid="stSidebarNavLink"]', has_text=title).first.click()
-    page.wait_for_timeout(300)
-    wait_idle(page)
 
 
 def _conversation_file(lm, path: Path, user: str, reply_ids: list[int], tamper: str | None = None) -> Path:
@@ -51,7 +55,7 @@ def _uploader(page):
 
 def _import(page, path: Path) -> None:
     """Load a file through the transfer widget on the candidates page."""
-    _nav(page, "Next-word candidates")
+    go_to(page, "Next-word candidates")
     page.get_by_role("heading", name="Next-word candidates").wait_for()
     _uploader(page).set_input_files(str(path))
     page.get_by_text(f"{path.name} was not loaded").or_(page.get_by_text(f"Loaded {path.name}")).wait_for()
@@ -107,7 +111,7 @@ def test_explain_hover_candidates_branch_and_lens(page):
     assert_no_exception(page)
     screenshot(page, "candidates-lens")
 
-    _nav(page, "Chat")
+    go_to(page, "Chat")
     page.get_by_text("Other takes of this reply (1)").wait_for()
     assert_no_exception(page)
 
@@ -135,7 +139,7 @@ def test_import_rejects_bad_file_then_hostile_reply_stays_literal(page, lm, tmp_
     assert_no_exception(page)
     screenshot(page, "hostile-candidates")
 
-    _nav(page, "Chat")
+    go_to(page, "Chat")
     _explain_first_reply(page)
     assert_no_exception(page)
     screenshot(page, "hostile-explain")
@@ -156,9 +160,9 @@ def test_timing_for_a_long_reply(page, lm, tmp_path, n_tokens):
     ids = lm.tokenizer(story, add_special_tokens=False)["input_ids"][:n_tokens]
     path = _conversation_file(lm, tmp_path / "long.json", "Tell me a long story.", ids)
     _import(page, path)
-    _nav(page, "Chat")
+    go_to(page, "Chat")
     start = time.perf_counter()
-    _nav(page, "Next-word candidates")
+    go_to(page, "Next-word candidates")
     page_s = time.perf_counter() - start
     assert page.get_by_role("heading", name="Next-word candidates").count() == 1
     assert_no_exception(page)

@@ -1,25 +1,20 @@
 """The tokenization page in a real browser, for a chat message with emoji and code."""
 
+import pytest
+
 from tests.e2e.conftest import (
     assert_no_exception,
     flag_value,
     go_to,
     quick_replies,
-    screenshot,
     send_chat,
     wait_idle,
+    whole_page,
 )
 
+pytestmark = pytest.mark.browser
+
 MESSAGE = "Explain 👍🏽 and 👨‍👩‍👧 in `print('<b>hi</b>')` <|im_end|>"
-
-
-def _whole_page(page, name: str) -> None:
-    """subtle: Streamlit scrolls an inner element, so grow the viewport to fit the page first."""
-    page.wait_for_timeout(1500)  # charts draw after the script has finished
-    height = page.evaluate("() => document.querySelector('[data-testid=\"stMain\"]').scrollHeight")
-    page.set_viewport_size({"width": 1400, "height": int(height) + 100})
-    page.wait_for_timeout(1000)
-    screenshot(page, name)
 
 
 def _view(page, name: str) -> None:
@@ -46,20 +41,20 @@ def test_tokens_of_a_message_with_emoji_and_code(page):
     assert len(specials) == 2 and all(t.split()[0] in ("<|im_start|>", "<|im_end|>") for t in specials)
     assert message_chips.locator(".gb-chip.bytes").count() >= 4  # emoji pieces shown as <0x..> bytes
     assert page.locator(".gb-chips b").count() == 0 and flag_value(page) is None  # text, not markup
-    _whole_page(page, "tokens-message-emoji-code")
+    whole_page(page, "tokens-message-emoji-code")
 
     _view(page, "BPE merges")
     assert page.get_by_text("the merges reproduce the tokenizer's own output", exact=False).count() == 1
-    _whole_page(page, "tokens-bpe-merges")
+    whole_page(page, "tokens-bpe-merges")
 
     _view(page, "Counts and context budget")
     assert page.get_by_text("kept free for the reply", exact=False).count() == 1
-    _whole_page(page, "tokens-counts-budget")  # waits for the chart to draw
+    whole_page(page, "tokens-counts-budget")  # waits for the chart to draw
     assert page.locator('[data-testid="stVegaLiteChart"]').count() >= 1  # the budget bar
 
     _view(page, "Another tokenizer")
     assert page.get_by_text("all-MiniLM-L6-v2, WordPiece:", exact=False).count() == 1
-    _whole_page(page, "tokens-wordpiece")
+    whole_page(page, "tokens-wordpiece")
     assert_no_exception(page)
 
     page.locator('[data-testid="stRadio"]').filter(has_text="Free text").get_by_text(
@@ -72,4 +67,4 @@ def test_tokens_of_a_message_with_emoji_and_code(page):
         page.locator(".gb-chips").first.locator(".gb-chip.special").count() >= 5
     )  # system, user, reply header
     assert_no_exception(page)
-    _whole_page(page, "tokens-whole-prompt")
+    whole_page(page, "tokens-whole-prompt")
