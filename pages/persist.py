@@ -182,6 +182,15 @@ def load(cid: str) -> bool:
     if not loaded or loaded[0].role != "system":
         loaded.insert(0, Message("system", common.system_prompt()))
     st.session_state[PRINT] = fingerprint(loaded, stored.settings)  # as stored, before the marks below
+    # subtle: a click during a reply (Stop) starts a new run while the old one still saves, so
+    # the version read here can be our own write. A reply this session holds with at least as
+    # many steps is the newer copy: keep it rather than the stored one (a trace only grows).
+    mine = {t.trace.trace_id: t for m in history for t in [m, *m.alternatives] if t.trace is not None}
+    for m in loaded:
+        for take in [m, *m.alternatives]:
+            held = mine.get(take.trace.trace_id) if take.trace is not None else None
+            if held is not None and len(held.trace.steps) >= len(take.trace.steps):
+                take.trace, take.content = held.trace, held.content
     for m in loaded:
         for take in [m, *m.alternatives]:
             if (

@@ -25,7 +25,8 @@ def test_stop_ends_the_reply_and_keeps_what_was_written(page):
     box.press("Enter")
     page.wait_for_function(
         """() => { const m = document.querySelectorAll('[data-testid=stChatMessage]');
-                   return m.length >= 2 && m[1].innerText.length > 60; }""",
+                   return m.length >= 2 && m[1].innerText.length > 60
+                          && !m[1].innerText.includes("Waiting for the model"); }""",
         timeout=120_000,
     )
     page.get_by_role("button", name="⏹ Stop").click()
