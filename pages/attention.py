@@ -62,6 +62,7 @@ def explanation(facts: ModelFacts) -> str:
         )
     return text
 
+
 lm = common.chat_model()
 facts = runner_for(lm).facts
 common.model_badge(lm)
@@ -297,6 +298,7 @@ with main:
     trace = ref.message.trace
     lm = common.model_for(trace)  # the model that wrote this reply (the chat may use another one now)
     facts = runner_for(lm).facts
+    describe(facts)  # the caption and side panel give the numbers of the model that wrote the reply
     if not trace.steps:
         st.info("This reply has no tokens yet, so there is no attention to show.")
         st.stop()
