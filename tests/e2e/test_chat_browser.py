@@ -2,7 +2,7 @@
 
 import pytest
 
-from tests.e2e.conftest import assert_no_exception, screenshot, send_chat, wait_idle
+from tests.e2e.conftest import assert_no_exception, screenshot, send_and_wait, send_chat, wait_idle
 
 pytestmark = pytest.mark.browser
 
@@ -38,6 +38,6 @@ def test_stop_ends_the_reply_and_keeps_what_was_written(page):
     assert page.get_by_role("button", name="⏹ Stop").count() == 0
     assert_no_exception(page)
     # The model is free again: the next message gets a reply.
-    send_chat(page, "What is 2 + 2?")
+    send_and_wait(page, "What is 2 + 2?")  # resends if a rerun swallowed the Enter
     assert page.locator('[data-testid="stChatMessage"]').count() == 4
     screenshot(page, "chat-after-stop")
