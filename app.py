@@ -4,6 +4,7 @@ from pathlib import Path
 
 import streamlit as st
 
+from core.html import PAGE_STYLE, close_sidebar_script
 from core.memory import give_back_freed_memory
 from pages import history, persist
 
@@ -32,8 +33,14 @@ persist.open_from_url()  # ?c=<id>: the stored conversation this page shows (cor
 with st.sidebar:
     history.show()
 persist.show_status()
+st.html(PAGE_STYLE)  # a stylesheet alone takes no room on the page
 try:
     navigation.run()
 finally:  # also when the page stops or reruns early
+    if st.session_state.get("app.page", navigation.url_path) != navigation.url_path:  # a page switch
+        visit = st.session_state["app.visit"] = st.session_state.get("app.visit", 0) + 1
+        # at the sidebar's end, where the empty element moves nothing; on a phone it closes the sidebar
+        st.sidebar.html(close_sidebar_script(visit), unsafe_allow_javascript=True)
+    st.session_state["app.page"] = navigation.url_path
     persist.save_if_changed()  # whatever the page changed is written now (a reply, a branch, a setting)
     give_back_freed_memory()  # long chats: freed explanation tensors go back to the OS (core/memory.py)

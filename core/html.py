@@ -60,6 +60,11 @@ STYLE = """
 .gb-chip.marked{outline:3px solid #e11d48}
 .gb-legend{font-size:.8rem;color:#444;margin:.2em 0 .6em 0}
 .gb-legend span{display:inline-block;padding:0 .4em;margin-right:.3em;border-radius:3px;color:#111}
+.gb-chips.gb-tap{position:relative}
+details.gb-chip>summary{list-style:none;cursor:pointer}
+details.gb-chip>summary::-webkit-details-marker{display:none}
+details.gb-chip[open]{outline:2px solid #2563eb}
+.gb-pop{position:absolute;left:0;right:0;z-index:5;margin-top:.25em;padding:.3em .6em;background:#fff;color:#111;border:1px solid #94a3b8;border-radius:6px;box-shadow:0 2px 8px rgba(0,0,0,.18);white-space:pre-wrap;font-size:.8rem;line-height:1.45;font-style:normal;font-weight:400;text-align:left}
 </style>
 """
 
@@ -73,7 +78,8 @@ def _href(href: str | None) -> str | None:
     return quote(href, safe="/?=&_-.%")
 
 
-def chip(c: Chip) -> str:
+def chip(c: Chip, tap: bool = False) -> str:
+    """One chip. tap: a chip with a title opens it on a tap or click as well (see chips)."""
     classes = " ".join(["gb-chip", *[k for k in c.css if _CLASS.match(k)]])
     style = f' style="background:{safe_colour(c.background)}"' if c.background else ""
     title = f' title="{esc(c.title)}"' if c.title else ""
@@ -82,18 +88,31 @@ def chip(c: Chip) -> str:
     href = _href(c.href)
     if href is not None:
         return f'<a class="{classes}" href="{esc(href)}" target="_self"{style}{title}>{body}</a>'
+    if tap and c.title:
+        return (
+            f'<details class="{classes}" name="gb-tap"{style}{title}><summary>{body}</summary>'
+            f'<div class="gb-pop">{esc(c.title)}</div></details>'
+        )
     return f'<span class="{classes}"{style}{title}>{body}</span>'
 
 
-def chips(items: list[Chip], legend: list[tuple[str, str]] | None = None) -> str:
-    """A row of chips, with an optional legend of (colour, label) pairs above it."""
+def chips(items: list[Chip], legend: list[tuple[str, str]] | None = None, tap: bool = False) -> str:
+    """A row of chips, with an optional legend of (colour, label) pairs above it.
+
+    tap: every chip with a title (and no link) also shows it when tapped, below the row of chips:
+    a touch screen cannot hover. subtle: each such chip is a <details> whose title box is
+    absolutely positioned against the row (left and right 0, top where the chip ends), so it
+    spans the row's width and never runs past the screen's edge; opening one closes the
+    others (one name for the group).
+    """
     parts = [STYLE]
     if legend:
         keys = "".join(
             f'<span style="background:{safe_colour(col)}">{esc(label)}</span>' for col, label in legend
         )
         parts.append(f'<div class="gb-legend">{keys}</div>')
-    parts.append('<div class="gb-chips">' + "".join(chip(c) for c in items) + "</div>")
+    row = "gb-chips gb-tap" if tap else "gb-chips"
+    parts.append(f'<div class="{row}">' + "".join(chip(c, tap) for c in items) + "</div>")
     return "".join(parts)
 
 
@@ -216,3 +235,36 @@ def markdown_safe(text: str) -> str:
             part = part[: len(part) - len(tail)]
         out.append(_SOFT_BREAK.sub("  \n", part) + tail)
     return "".join(out)
+
+
+# Streamlit cuts a page link's label to one line with an ellipsis: on a phone the chat's
+# "Step 1: “In” 47% over “The” 31%, after …" links lost everything after a few words.
+# Labels in the page wrap instead (the sidebar's menu is not touched). A segmented control
+# scrolled its last options out of sight on a phone (the attention page's "Turn view" and
+# "Head summary"): its buttons wrap onto a second line instead.
+PAGE_STYLE = """<style>
+.stMain [data-testid="stPageLink-NavLink"] span,
+.stMain [data-testid="stPageLink-NavLink"] p{white-space:normal;overflow:visible;text-overflow:clip;overflow-wrap:anywhere}
+.stMain [data-testid="stPageLink-NavLink"]{height:auto}
+.stMain [data-testid="stButtonGroup"] div:has(> button){flex-wrap:wrap;overflow-x:visible;row-gap:.25rem}
+</style>"""
+
+
+# subtle: on a screen narrower than Streamlit's 768 px breakpoint the sidebar lies over the page,
+# and Streamlit closes it after a page is picked only when the browser's user agent says
+# "mobile"; a narrow window, a tablet, or a phone browser asking for the desktop site kept it
+# open over the new page. The collapse button is clicked as a reader would.
+_CLOSE_SIDEBAR = """<script data-visit="{visit}">(() => {{
+  if (window.innerWidth >= 768) return;
+  const bar = document.querySelector('[data-testid="stSidebar"]');
+  if (!bar || bar.getAttribute('data-collapsed') !== 'false') return;
+  const button = document.querySelector('[data-testid="stSidebarCollapseButton"] button');
+  if (button) button.click();
+}})();</script>"""
+
+
+def close_sidebar_script(visit: int) -> str:
+    """A script that closes the sidebar on a narrow screen after a page switch (st.html with
+    unsafe_allow_javascript). visit: a number that differs on every page switch, since
+    Streamlit runs an st.html script again only when its text changes. Holds no outside text."""
+    return _CLOSE_SIDEBAR.format(visit=int(visit))

@@ -240,7 +240,7 @@ def lens_view(trace: Trace, i: int) -> None:
     layer = first_layer_with_answer(table)
     found = f"The emitted token is the top guess from layer {layer} on." if layer is not None else ""
     st.caption(f"{found} {MIDDLE_LAYERS_NOTE} {timing}")
-    st.altair_chart(lens_heatmap(table), width="content")
+    st.altair_chart(lens_heatmap(table), width="stretch")
 
 
 ref = common.reply_picker("candidates.reply")

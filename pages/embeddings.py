@@ -132,7 +132,7 @@ def token_view() -> None:
         frame = emb.similarity_frame(labels, emb.cosine_matrix(shown, centre == "shown", origin), positions)
         st.altair_chart(
             charts.similarity_heatmap(frame, f"Cosine similarity of the {what}", highlight, cell=12),
-            width="content",
+            width="stretch",
         )
     if highlight is not None and start <= highlight < end:
         token_id = ids[highlight - start]
@@ -199,7 +199,7 @@ def conversation_view() -> None:
     st.caption("Vectors from the sentence-embedding model all-MiniLM-L6-v2 (384 numbers per text).")
     frame = emb.similarity_frame(units["short"].tolist(), emb.cosine_matrix(vectors), units["unit"].tolist())
     st.altair_chart(
-        charts.similarity_heatmap(frame, f"Cosine similarity of every {by}", cell=22), width="content"
+        charts.similarity_heatmap(frame, f"Cosine similarity of every {by}", cell=22), width="stretch"
     )
     points, projection = emb.message_map(units, vectors)
     st.altair_chart(charts.message_scatter(points, projection.explained))
@@ -242,7 +242,7 @@ def free_text_view() -> None:
         return
     frame = emb.text_similarity(common.embedder(), lines)
     st.altair_chart(
-        charts.similarity_heatmap(frame, "Cosine similarity of your sentences", cell=60), width="content"
+        charts.similarity_heatmap(frame, "Cosine similarity of your sentences", cell=60), width="stretch"
     )
     pairs = frame[frame["row"] < frame["col"]].sort_values("similarity", ascending=False)
     st.dataframe(

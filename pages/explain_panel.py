@@ -43,7 +43,7 @@ def _views(message: Message) -> tuple[str, str]:
     key = (trace.trace_id, len(trace.steps), trace.finish_reason)
     return _VIEWS.get_or_compute(
         key,
-        lambda: (chips(reply_chips(tok, trace), probability_legend()), summarize(tok, trace)),
+        lambda: (chips(reply_chips(tok, trace), probability_legend(), tap=True), summarize(tok, trace)),
     )
 
 
@@ -61,7 +61,7 @@ def show(message: Message) -> None:
     with st.container(border=True, key=f"explain.panel.{message.id}"):
         st.caption(
             "Each chip is one token, coloured by how sure the model was of it; a dark badge is a special "
-            "token such as `<|im_end|>`, the end of the turn. Hover a chip for the top 5."
+            "token such as `<|im_end|>`, the end of the turn. Tap or hover a chip for the top 5."
         )
         st.html(chip_html)
         st.html(text_block(summary))

@@ -62,14 +62,55 @@ def candidates_bar(
     )
 
 
-def what_if_side_by_side(df: pd.DataFrame, label: str) -> alt.HConcatChart:
-    """The recorded distribution (temperature 1, no filters) next to the what-if one.
+def what_if_side_by_side(df: pd.DataFrame, label: str) -> alt.Chart:
+    """The recorded distribution (temperature 1, no filters) and the what-if one: two bars per candidate.
 
     df: what_if() output; label: how the what-if settings read, e.g. "T=1.5, top-p=0.9".
+    One chart at its container's width, the pair of bars under each label: two charts side by
+    side were 976 px wide, so on a phone the what-if half was off the screen. The chosen
+    token's pair is red, like the chosen bar elsewhere on the page.
     """
-    left = candidates_bar(df, "original", "original (T=1, no filters)", full_scale=True)
-    right = candidates_bar(df, "what_if", f"what if {label}", full_scale=True)
-    return alt.hconcat(left, right)
+    original, changed = "original (T=1, no filters)", f"what if {label}"
+    data = _labelled(df)
+    pairs = data.melt(
+        id_vars=["label", "token", "rank", "chosen"],
+        value_vars=["original", "what_if"],
+        var_name="which",
+        value_name="prob",
+    )
+    chosen_names = {"original": "chosen token, original", "what_if": "chosen token, what if"}
+    pairs["series"] = [
+        chosen_names[w] if c else {"original": original, "what_if": changed}[w]
+        for w, c in zip(pairs["which"], pairs["chosen"], strict=True)
+    ]
+    pairs["which"] = pairs["which"].map({"original": original, "what_if": changed})
+    series = [original, changed, *chosen_names.values()]
+    return (
+        alt.Chart(pairs)
+        .mark_bar()
+        .encode(
+            y=alt.Y(
+                "label:N",
+                sort=list(data["label"]),
+                title=None,
+                axis=alt.Axis(labelLimit=160, labelOverlap=False),
+            ),
+            yOffset=alt.YOffset("which:N", sort=[original, changed]),
+            x=alt.X("prob:Q", title="probability", axis=alt.Axis(format="%"), scale=alt.Scale(domain=[0, 1])),
+            color=alt.Color(
+                "series:N",
+                scale=alt.Scale(domain=series, range=["#bfdbfe", OTHER, "#fda4af", CHOSEN]),
+                legend=alt.Legend(orient="top", title=None, columns=1, labelLimit=260),  # fits a phone
+            ),
+            tooltip=[
+                alt.Tooltip("token:N"),
+                alt.Tooltip("rank:Q"),
+                alt.Tooltip("which:N", title="distribution"),
+                alt.Tooltip("prob:Q", format=".2%", title="probability"),
+            ],
+        )
+        .properties(width="container", height=alt.Step(11, **{"for": "offset"}))  # px per bar
+    )
 
 
 def reply_line(table: pd.DataFrame, current: int | None = None) -> alt.LayerChart:
@@ -151,7 +192,13 @@ def lens_heatmap(table: pd.DataFrame) -> alt.LayerChart:
         ),
     )
     cells = base.mark_rect(stroke="white").encode(
-        color=alt.Color("prob:Q", scale=alt.Scale(scheme="greens", domain=[0, 1]), title="probability"),
+        color=alt.Color(
+            "prob:Q",
+            scale=alt.Scale(scheme="greens", domain=[0, 1]),
+            title="probability",
+            # above the grid, so that the cells get the width
+            legend=alt.Legend(orient="top", direction="horizontal", gradientLength=160),
+        ),
         tooltip=[
             alt.Tooltip("layer:O"),
             alt.Tooltip("rank:O"),
@@ -160,8 +207,12 @@ def lens_heatmap(table: pd.DataFrame) -> alt.LayerChart:
         ],
     )
     chosen = base.transform_filter(alt.datum.is_chosen).mark_rect(fill=None, stroke=CHOSEN, strokeWidth=2)
-    text = base.mark_text(fontSize=11, limit=110).encode(
+    # each label stops short of its cell's edge, however wide the container makes the cells
+    text = base.mark_text(fontSize=11, limit=alt.expr("max(bandwidth('x') - 6, 20)")).encode(
         text="cell:N",
         color=alt.condition(alt.datum.prob > 0.5, alt.value("white"), alt.value("#111")),
     )
-    return alt.layer(cells, chosen, text).properties(height=alt.Step(20), width=alt.Step(130))
+    # the container's width: 130 px per rank made 650 px, past a phone's screen
+    return alt.layer(cells, chosen, text).properties(
+        height=alt.Step(20), width="container", autosize=alt.AutoSizeParams(type="fit-x", contains="padding")
+    )

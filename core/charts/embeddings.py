@@ -13,8 +13,8 @@ TOKEN_SELECTION = "token"  # the scatter's point selection; the page reads event
 ROLE_COLOURS = {"system": "#64748b", "user": "#2563eb", "assistant": "#16a34a"}
 SIMILARITY_SCALE = alt.Scale(scheme="blueorange", domain=[-1, 1], domainMid=0)
 # subtle: Streamlit sizes charts with autosize "fit" unless the spec says otherwise, so long
-# axis labels eat into the plot and a heatmap of whole messages collapses to a sliver.
-PAD = alt.AutoSizeParams(type="pad", contains="padding")  # plot at its own size, labels outside
+# axis labels eat into the plot and a heatmap of whole messages collapses to a sliver. "fit-x"
+# fits only the width to the container (labels included) and keeps the height the rows need.
 FIT_X = alt.AutoSizeParams(type="fit-x", contains="padding")  # stretch the width, keep the height
 
 
@@ -38,7 +38,9 @@ def similarity_heatmap(
             "col_label:N",
             sort=order,
             title=None,
-            axis=alt.Axis(labelAngle=-60, labelLimit=90, labelOverlap=False, labelFontSize=font),
+            # upright labels, each one line wide; where the columns are too narrow for all of them
+            # (a phone), "greedy" keeps every label that does not touch the one before
+            axis=alt.Axis(labelAngle=-90, labelLimit=90, labelOverlap="greedy", labelFontSize=font),
         ),
         y=alt.Y(
             "row_label:N",
@@ -48,7 +50,12 @@ def similarity_heatmap(
         ),
     )
     cells = base.mark_rect().encode(
-        color=alt.Color("similarity:Q", scale=SIMILARITY_SCALE, title="cosine"),
+        color=alt.Color(
+            "similarity:Q",
+            scale=SIMILARITY_SCALE,
+            title="cosine",
+            legend=alt.Legend(orient="top", direction="horizontal", gradientLength=160),
+        ),
         opacity=opacity,
         tooltip=[
             alt.Tooltip("row_label:N", title="row"),
@@ -56,7 +63,8 @@ def similarity_heatmap(
             alt.Tooltip("similarity:Q", title="cosine similarity", format=".4f"),
         ],
     )
-    size = {"width": max(320, cell * n), "height": max(160, cell * n), "autosize": PAD}
+    # the container's width (a fixed one ran past a phone's screen), the rows' own height
+    size = {"width": "container", "height": max(160, cell * n), "autosize": FIT_X}
     if highlight is None:
         return cells.properties(**size)
     outline = base.mark_rect(fill=None, stroke="#e11d48", strokeWidth=1.2).transform_filter(in_cross)

@@ -104,7 +104,7 @@ def temperature_bars(table: pd.DataFrame, temperature: float) -> alt.LayerChart:
         color=alt.Color(
             "which:N",
             scale=alt.Scale(domain=labels, range=["#cbd5e1", "#2563eb"]),
-            legend=alt.Legend(title=None, orient="bottom", labelLimit=400),
+            legend=alt.Legend(title=None, orient="bottom", columns=1, labelLimit=400),  # 1 a line: phones
         )
     )
     values = base.mark_text(align="left", dx=3, fontSize=10, color="#334155").encode(
