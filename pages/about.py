@@ -79,12 +79,14 @@ st.markdown(
 )
 
 st.subheader("The model")
-cols = st.columns([2, 1, 1, 1])
-cols[0].metric("Model", lm.name)
-cols[1].metric("Parameters", f"{lm.n_params / 1e6:.0f} million")
+# A metric's value is cut with "…" when its column is too narrow ("49,152 to…"): the name gets
+# a row of its own, and units go in the labels so that the numbers stay short.
+st.metric("Model", lm.name)
+cols = st.columns(3)
+cols[0].metric("Parameters (millions)", f"{lm.n_params / 1e6:.0f}")
 facts = runner_for(lm).facts  # every number about the model comes from its own config
-cols[2].metric("Layers × heads", f"{facts.n_layers} × {facts.n_heads}")
-cols[3].metric("Vocabulary", f"{facts.vocab_size:,} tokens")
+cols[1].metric("Layers × heads", f"{facts.n_layers} × {facts.n_heads}")
+cols[2].metric("Vocabulary (tokens)", f"{facts.vocab_size:,}")
 st.markdown(
     f"{lm.name} has {facts.describe()} It runs "
     f"**locally on this computer's CPU**: nothing you type leaves the machine. It reads up to "

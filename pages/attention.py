@@ -21,6 +21,7 @@ VIEWS = {
 SLUGS = {label: name for name, label in VIEWS.items()}
 LAYER, HEAD, VIEW = "attention.layer", "attention.head", "attention.view"
 STEP, MODE = "attention.step", "attention.mode"  # the per-token view's step and whose attention
+SCOPE = "attention.scope"  # the turn view's whose attention
 CLICKED, CHART = "attention.clicked", "attention.model_view"
 ROW_KINDS = ["Rows that chose the reply's tokens", "Whole sequence"]
 MAX_ROWS, MAX_COLS, MAX_BARS = 48, 96, 120  # at most 4,608 cells per heatmap
@@ -103,13 +104,25 @@ def follow_url(n_steps: int) -> None:
     stepped = links.url_value("step", STEP, int, range(n_steps).__contains__)
     if stepped and "view" not in st.query_params:
         st.session_state[VIEW] = VIEWS["token"]
-    links.url_value("mode", MODE, valid=("head", "layer", "all").__contains__)
-    st.session_state.setdefault(LAYER, facts.n_layers // 2)
-    st.session_state.setdefault(HEAD, 0)
-    st.session_state.setdefault(VIEW, VIEWS["model"])
-    st.session_state.setdefault(MODE, "head")
-    # one step key for every reply (a reply switch keeps it, within the new reply's length)
-    st.session_state[STEP] = min(max(int(st.session_state.get(STEP, 0)), 0), n_steps - 1)
+    # A visit to another page drops the widgets' state: restore() brings back what remember() kept.
+    for key, default, options in (
+        (LAYER, facts.n_layers // 2, range(facts.n_layers)),
+        (HEAD, 0, range(facts.n_heads)),
+        (VIEW, VIEWS["model"], VIEWS.values()),
+    ):
+        common.restore(key, default)
+        if st.session_state[key] not in options:  # kept from a model with more layers or heads
+            st.session_state[key] = default
+    if st.session_state[VIEW] == VIEWS["token"]:
+        # subtle: the step and "whose attention" are drawn in this view only, so they are set only in
+        # a run that draws them. Streamlit keeps a value written to a key while its widget is
+        # off-screen, and shows it again once the widget's own later value is dropped (a visit to
+        # another page brought "Mean of layer 17's heads" back as "Head 1").
+        links.url_value("mode", MODE, valid=("head", "layer", "all").__contains__)
+        common.restore(MODE, "head")
+        common.restore(STEP, 0)
+        # one step key for every reply (a reply switch keeps it, within the new reply's length)
+        st.session_state[STEP] = min(max(int(st.session_state[STEP]), 0), n_steps - 1)
 
 
 def head_picker() -> tuple[int, int, str]:
@@ -118,6 +131,8 @@ def head_picker() -> tuple[int, int, str]:
     layer = a.selectbox("Layer", range(facts.n_layers), format_func=lambda i: str(i + 1), key=LAYER)
     head = b.selectbox("Head", range(facts.n_heads), format_func=lambda i: str(i + 1), key=HEAD)
     view = st.segmented_control("View", list(VIEWS.values()), key=VIEW, required=True)
+    for key in (LAYER, HEAD, VIEW):
+        common.remember(key)
     return int(layer), int(head), view or VIEWS["model"]
 
 
@@ -140,7 +155,7 @@ def model_view(ov: att.AttentionOverview, layer: int, head: int) -> None:
     )
     chart = charts.model_view(att.model_view_frame(ov), chosen=(layer, head))
     st.altair_chart(
-        chart, width="content", on_select="rerun", key=CHART, selection_mode=charts.HEAD_SELECTION
+        chart, width="stretch", on_select="rerun", key=CHART, selection_mode=charts.HEAD_SELECTION
     )
 
 
@@ -187,10 +202,10 @@ def head_view(ov: att.AttentionOverview, trace, reply_w, layer: int, head: int) 
         chart = charts.head_heatmap(att.head_frame(w, ov.labels, rows, cols, P, first), title)
     else:
         chart = charts.group_heatmap(att.head_frame_by_group(w, ov, rows, first), title)
-    st.altair_chart(chart, width="content")  # "stretch" would squeeze the rows under the labels
+    st.altair_chart(chart, width="stretch")  # the columns share the width; rows keep their height
     st.caption(
         "A row labelled `·is → ·Canberra` is the attention of ·is that chose ·Canberra, the next token. "
-        "Hover a cell for the exact weight. Cells right of the diagonal are 0: a token cannot see later ones."
+        "Tap or hover a cell for the exact weight. Cells right of the diagonal are 0: a token cannot see later ones."
     )
 
 
@@ -208,6 +223,8 @@ def per_token_view(ov: att.AttentionOverview, reply_w, layer: int, head: int) ->
         "all": "Mean over all layers and heads",
     }
     mode = st.radio("Whose attention", list(modes), format_func=modes.get, horizontal=True, key=MODE)
+    common.remember(STEP)
+    common.remember(MODE)
     row = att.token_row(ov, step, None if mode == "all" else reply_w, head if mode == "head" else None)
     pos = ov.position(step)  # the token looking; reply token `step` (chosen) is at pos + 1
     skip_first = st.checkbox(
@@ -240,8 +257,8 @@ def per_token_view(ov: att.AttentionOverview, reply_w, layer: int, head: int) ->
             f"{ov.labels[pos + 1]}, shown last and uncoloured: it was not written yet, so nothing looked at it."
         )
     )
-    st.caption("Hover a token for its exact weight.")
-    st.html(html.chips(items, legend))
+    st.caption("Tap or hover a token for its exact weight.")
+    st.html(html.chips(items, legend, tap=True))
     st.dataframe(
         att.top_attended(ov, row),
         hide_index=True,
@@ -255,15 +272,15 @@ def turn_view(ov: att.AttentionOverview, layer: int, head: int) -> None:
         "layer": f"Mean of layer {layer + 1}'s heads",
         "head": f"Head {head + 1} of layer {layer + 1}",
     }
-    scope = st.radio(
-        "Whose attention", list(scopes), format_func=scopes.get, horizontal=True, key="attention.scope"
-    )
+    common.restore(SCOPE, "all")
+    scope = st.radio("Whose attention", list(scopes), format_func=scopes.get, horizontal=True, key=SCOPE)
+    common.remember(SCOPE)
     frame = att.turn_frame(ov, None if scope == "all" else layer, head if scope == "head" else None)
     steps = window(ov.n_reply, MAX_BARS, f"Reply tokens (a window of {MAX_BARS})", "attention.bar_window")
     frame = frame[frame["step"].between(steps.start, steps.stop - 1)]
-    st.altair_chart(
-        charts.turn_bars(frame, "Where the attention that chose each reply token went"), width="content"
-    )
+    # above the chart, where it wraps: Vega cut a chart title this long with "…" on a phone
+    st.markdown("**Where the attention that chose each reply token went**")
+    st.altair_chart(charts.turn_bars(frame), width="stretch")
     st.caption("The template tokens include the very first token, where idle heads park their attention.")
 
 
@@ -305,8 +322,13 @@ with main:
     apply_click()
     follow_url(len(trace.steps))
     layer, head, view = head_picker()
+    token_view = view == VIEWS["token"]  # step and whose attention are its own; no other view names them
     links.set_url(
-        layer=layer, head=head, view=SLUGS[view], step=st.session_state[STEP], mode=st.session_state[MODE]
+        layer=layer,
+        head=head,
+        view=SLUGS[view],
+        step=st.session_state.get(STEP) if token_view else None,
+        mode=st.session_state.get(MODE) if token_view else None,
     )
     links.copy_link(link_slot)
     kv = st.session_state.get("chat.kv")  # the chat's keys and values: core only reads them

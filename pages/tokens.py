@@ -110,7 +110,7 @@ def show_tokens(table: pd.DataFrame, expected: str | None) -> str:
                 "the context budget, or (the system prompt) edited since."
             )
     shown = table.head(MAX_CHIPS)
-    st.html(chips(tokenization.chips_for(shown), legend=_legend()))
+    st.html(chips(tokenization.chips_for(shown), legend=_legend(), tap=True))
     if len(table) > MAX_CHIPS:
         st.caption(f"The first {MAX_CHIPS:,} of {len(table):,} tokens are drawn; the table has them all.")
     return text
@@ -217,7 +217,20 @@ def bpe_tab() -> None:
     if not word:
         return
     result = bpe.bpe_merges(tok, text)
-    st.dataframe(bpe.steps_table(tok, result), hide_index=True, width="stretch")
+    number, words = st.column_config.NumberColumn, st.column_config.TextColumn
+    st.dataframe(  # widths fit the longest cell ("start: one piece per byte" was cut in an even split)
+        bpe.steps_table(tok, result),
+        hide_index=True,
+        width="stretch",
+        column_config={
+            "word": number(width="small"),
+            "step": number(width="small"),
+            "merged": words(width="medium"),
+            "rank": number(width="small", help="Its place in the learned merges list: lower joins first"),
+            "pieces": words(width="large"),
+            "count": number(width="small"),
+        },
+    )
     pieces = tokenization.text_table(tok, text)
     st.html(chips(tokenization.chips_for(pieces)))
     if result.matches:
@@ -252,7 +265,7 @@ def _css(entry: dict) -> tuple[str, ...]:
 
 st.title("🧩 Tokenization")
 st.caption(
-    "What the model actually reads: not letters or words, but token ids. Hover a token for its id and bytes."
+    "What the model actually reads: not letters or words, but token ids. Tap or hover a token for its id and bytes."
 )
 link_slot = st.container()
 all_rows, expected = pick_source()

@@ -81,7 +81,7 @@ def context_chips(table, attention=None, max_w: float = 1.0) -> str:
             colour = ROLE_COLOURS.get(row.role)
         css = ("special",) if row.special and attention is None else ()
         items.append(html.Chip(row.text, title, colour, css=(*css, "marked") if last else css))
-    return html.chips(items)
+    return html.chips(items, tap=True)
 
 
 def position_text(facts: ModelFacts, name: str, position: int) -> str:
@@ -150,7 +150,7 @@ with stage(
     "written so far. The last one (outlined in red) is the *current position*.",
 ):
     st.html(context_chips(context))
-    st.caption("Grey: system message · blue: user · yellow: assistant. Hover a chip for its id.")
+    st.caption("Grey: system message · blue: user · yellow: assistant. Tap or hover a chip for its id.")
     link("pages/tokens.py", "See how this text was tokenized", trace, step)
 
 with stage(
@@ -299,7 +299,8 @@ with stage(
         choices.drop(columns="pick_id"),
         hide_index=True,
         column_config={
-            "how": st.column_config.TextColumn("how", width="medium"),  # leaves room for the last header
+            # "large": at "medium" the rules were cut ("smallest set covering 95…"); the table scrolls on a phone
+            "how": st.column_config.TextColumn("how", width="large"),
             "pool": "tokens it can draw",
             "pick": "most likely pick",
             "pick_prob": st.column_config.NumberColumn("its chance", format="percent"),

@@ -60,8 +60,12 @@ def test_model_view_shows_every_head_with_a_click_selection(lm, chatted):
     (spec, data), *_ = charts(at)
     assert data.groupby(["layer", "head"]).ngroups == lm.n_layers * lm.n_heads
     assert len(data) <= 10_000
-    assert any(p.get("name") == HEAD_SELECTION for p in spec.get("params", []))
-    assert {t["field"] for t in spec["encoding"]["tooltip"]} >= {"layer_no", "head_no", "share"}
+    cells, outline = spec["layer"]  # the thumbnails, then one outline around the head shown
+    assert any(p.get("name") == HEAD_SELECTION for p in spec.get("params", []) + cells.get("params", []))
+    assert {t["field"] for t in cells["encoding"]["tooltip"]} >= {"layer_no", "head_no", "share"}
+    assert "stroke" not in cells["encoding"]  # a red stroke on every cell hid the chosen thumbnail
+    assert outline["mark"]["stroke"] and outline["mark"]["fill"] is None
+    assert spec["width"] == "container"  # a phone's column, not 560 px
     assert (data["layer_no"] == data["layer"] + 1).all()  # shown from 1; the selection keeps the index
 
 
@@ -220,3 +224,31 @@ def test_the_url_names_layer_head_view_step_and_mode(lm, chatted):
     assert at.selectbox(key="attention.layer").value == 2
     assert at.segmented_control(key="attention.view").value == "Per-token view"
     assert _param(at, "layer") == "2"  # written back: the address bar shows what the page shows
+
+
+def test_layer_head_view_and_whose_attention_survive_a_visit_to_another_page(chatted):
+    """Streamlit drops the state of a widget a run does not draw, so a visit to another page reset
+    them (layer 17 came back as 16); the page keeps copies (pages/common.py restore/remember)."""
+    at = chatted
+    at.query_params.clear()
+    at.run()
+    at.segmented_control(key="attention.view").set_value("Turn view").run()
+    at.radio(key="attention.scope").set_value("head").run()
+    at.segmented_control(key="attention.view").set_value("Per-token view").run()
+    at.selectbox(key="attention.layer").set_value(16).run()
+    at.selectbox(key="attention.head").set_value(4).run()
+    at.radio(key="attention.mode").set_value("layer").run()
+    at.select_slider(key="attention.step").set_value(2).run()
+    assert not at.exception
+    at.switch_page("pages/tokens.py").run()
+    assert not at.exception
+    at.query_params.clear()  # the sidebar's link names no view: only the kept copies can bring it back
+    at.switch_page(PAGE).run()
+    assert not at.exception
+    assert at.selectbox(key="attention.layer").value == 16
+    assert at.selectbox(key="attention.head").value == 4
+    assert at.segmented_control(key="attention.view").value == "Per-token view"
+    assert at.radio(key="attention.mode").value == "layer"
+    assert at.select_slider(key="attention.step").value == 2
+    at.segmented_control(key="attention.view").set_value("Turn view").run()
+    assert at.radio(key="attention.scope").value == "head"  # kept while another view was shown

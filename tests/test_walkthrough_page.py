@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 from streamlit.testing.v1 import AppTest
 
+from core.runner import runner_for
 from core.tokens import readable
 from tests.conftest import APP
 
@@ -93,6 +94,8 @@ def test_about_page_names_the_model_and_links_the_pages(lm):
     assert not at.exception
     metrics = {m.label: m.value for m in at.metric}
     assert metrics["Model"] == lm.name
-    assert metrics["Parameters"] == f"{lm.n_params / 1e6:.0f} million"
+    assert metrics["Parameters (millions)"] == f"{lm.n_params / 1e6:.0f}"
+    # units in the labels, short values: a long one is cut with "…" in a narrow column ("49,152 to…")
+    assert metrics["Vocabulary (tokens)"] == f"{runner_for(lm).facts.vocab_size:,}"
     assert any("locally on this computer's CPU" in m.value for m in at.markdown)
     assert {"chat", "walkthrough"} <= {link.proto.page for link in at.get("page_link")}
