@@ -27,7 +27,7 @@ from core.html import chips, probability_legend
 from core.settings import SamplingSettings
 from core.tokens import readable, step_label
 from core.trace import Trace
-from pages import common, links, transfer
+from pages import common, links, persist, transfer
 
 STEP = "candidates.step"  # URL: ?reply=&step= (0-based)
 LINE = "candidates.line"
@@ -170,6 +170,11 @@ def branch_view(ref: common.ReplyRef, i: int) -> None:
     trace = ref.message.trace
     step = trace.steps[i]
     st.subheader("Branch here")
+    if persist.readonly():
+        st.caption(
+            "This shared conversation is read-only. **Continue from here** (sidebar) copies it, then you can branch."
+        )
+        return
     options = [t for t in step.top_ids[:10] if t != step.token_id]
     choice = st.selectbox(
         "Continue from this step with",
