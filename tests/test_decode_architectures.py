@@ -57,7 +57,9 @@ def test_a_later_turn_reads_only_its_new_tokens(tiny_lm, arch):
     # everything the previous turn read is reused; only the last reply (as the template writes
     # it back) and the new question are read
     assert cache.reused >= len(traces[-2].prompt_ids)
-    assert len(traces[-1].prompt_ids) - cache.reused <= len(traces[-1].prompt_ids) - len(traces[-2].prompt_ids)
+    assert len(traces[-1].prompt_ids) - cache.reused <= len(traces[-1].prompt_ids) - len(
+        traces[-2].prompt_ids
+    )
 
 
 def test_the_lean_path_is_the_generic_path_made_faster(lm, two_turn):
