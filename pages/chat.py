@@ -160,10 +160,7 @@ def generate_reply(previous: Message | None = None) -> None:
         chunks = stream(
             lm,
             trace,
-            on_wait=lambda: waiting.info(
-                "Waiting for the model: it is busy with another reply or an explanation (or, just "
-                "after the app started, with measuring this machine)…"
-            ),
+            on_wait=lambda: waiting.info("Waiting for the model: it is busy…"),
             kv=st.session_state.setdefault("chat.kv", SessionKV()),
         )
 

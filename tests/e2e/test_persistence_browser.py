@@ -280,7 +280,8 @@ def test_server_killed_mid_reply_comes_back_with_the_partial_reply_cut_off(brows
         start_send(page, prompt)
         page.wait_for_function(  # the reply streams: ~20 tokens are on screen, its footer is not
             """() => { const m = document.querySelectorAll('[data-testid="stChatMessage"]');
-                       return m.length >= 2 && m[1].innerText.trim().split(/\\s+/).length >= 20; }""",
+                       return m.length >= 2 && !m[1].innerText.includes("Waiting for the model")
+                              && m[1].innerText.trim().split(/\\s+/).length >= 20; }""",
             timeout=180_000,
         )
         cid = conversation_id(page)
