@@ -260,8 +260,11 @@ class Runner:
         return self.eager_attention(ids)[layer][:, rows]
 
     def _rows_pass(self, ids: list[int], layers: set[int], rows: torch.Tensor) -> dict[int, torch.Tensor]:
+        return self._record(ids, _Recording(layers, rows))
+
+    def _record(self, ids: list[int], rec: _Recording) -> dict[int, torch.Tensor]:
+        """One forward pass with the rows attention function recording rec's layers."""
         _register()
-        rec = _Recording(layers, rows)
         token = _RECORDING.set(rec)
         try:
             with self.lm.lock, torch.inference_mode(), _implementation(self.model, ATTENTION_IMPL):
@@ -271,8 +274,8 @@ class Runner:
                     pass
         finally:
             _RECORDING.reset(token)
-        if set(rec.weights) != layers:
-            raise RuntimeError(f"layers {sorted(layers - set(rec.weights))} were not reached")
+        if set(rec.weights) != rec.layers:
+            raise RuntimeError(f"layers {sorted(rec.layers - set(rec.weights))} were not reached")
         return rec.weights
 
     def eager_attention(self, ids: list[int]) -> list[torch.Tensor]:
@@ -436,19 +439,7 @@ def attention_rows_each_layer(
         for layer, weights in enumerate(runner.eager_attention(ids)[: last + 1]):
             on_layer(layer, weights[:, rows])
         return "eager"
-    _register()
-    rec = _Recording(set(range(last + 1)), rows, _Streamed(on_layer))
-    token = _RECORDING.set(rec)
-    try:
-        with runner.lm.lock, torch.inference_mode(), _implementation(runner.model, ATTENTION_IMPL):
-            try:
-                runner.model(input_ids=torch.tensor([ids]), use_cache=False, logits_to_keep=1)
-            except _Done:
-                pass
-    finally:
-        _RECORDING.reset(token)
-    if set(rec.weights) != rec.layers:
-        raise RuntimeError(f"layers {sorted(rec.layers - set(rec.weights))} were not reached")
+    runner._record(ids, _Recording(set(range(last + 1)), rows, _Streamed(on_layer)))
     return "rows"
 
 
