@@ -21,10 +21,11 @@ from core.explain.candidates import (
     top_candidates,
     what_if,
 )
+from core.explain.forward import context_ids
 from core.explain.lens import MIDDLE_LAYERS_NOTE, first_layer_with_answer, lens_table
 from core.explain.summary import percent
 from core.html import chips, probability_legend
-from core.settings import SamplingSettings
+from core.settings import MAX_REPETITION_PENALTY, SamplingSettings
 from core.tokens import readable, step_label
 from core.trace import Trace
 from pages import common, links, persist, transfer
@@ -115,23 +116,38 @@ def step_view(trace: Trace, i: int) -> int:
 
 def what_if_view(trace: Trace, i: int, n: int) -> None:
     step = trace.steps[i]
-    st.subheader("What if the temperature or top-p were different?")
+    st.subheader("What if the sampling settings were different?")
     st.caption("The sliders start at the settings this reply was sampled with; move them to see the change.")
-    c1, c2, c3 = st.columns(3)
+    c1, c2, c3, c4 = st.columns(4)
     used = trace.settings  # the sliders start at what the sampler really used
     temperature = c1.slider("Temperature", 0.0, 2.5, float(used.temperature), 0.05, key="candidates.whatif_t")
     top_p = c2.slider("Top-p", 0.05, 1.0, float(used.top_p), 0.01, key="candidates.whatif_p")
     top_k = c3.slider("Top-k (0 = off)", 0, 50, min(used.top_k, 50), key="candidates.whatif_k")
-    settings = SamplingSettings(temperature=temperature, top_k=top_k, top_p=top_p)
-    df = what_if(tok, step, settings, n=n)  # as many candidates as step_view shows
-    label = f"T={temperature:g}, top-p={top_p:g}" + (f", top-k={top_k}" if top_k else "")
+    rp = c4.slider(
+        "Repetition penalty",
+        1.0,
+        MAX_REPETITION_PENALTY,
+        float(used.repetition_penalty),
+        0.05,
+        key="candidates.whatif_rp",
+        help="Above 1, every token already in the text (prompt or reply) has its score lowered.",
+    )
+    settings = SamplingSettings(temperature=temperature, top_k=top_k, top_p=top_p, repetition_penalty=rp)
+    # as many candidates as step_view shows; the penalty needs the ids the model had read
+    df = what_if(tok, step, settings, n=n, context_ids=context_ids(trace, i))
+    label = (
+        f"T={temperature:g}, top-p={top_p:g}"
+        + (f", top-k={top_k}" if top_k else "")
+        + (f", penalty={rp:g}" if rp != 1.0 else "")
+    )
     st.altair_chart(what_if_side_by_side(df, label), width="stretch")
     st.caption(
         f"Recomputed with the sampler's own function over the **recorded top-50 candidates**, which hold "
         f"{sum(step.top_probs):.1%} of the raw probability at this step; the rest of the vocabulary is "
         "left out, and both sides are renormalised over those 50. The model did not run again. "
         "Dividing scores by a temperature below 1 sharpens the distribution; above 1 flattens it; "
-        "0 is greedy (all on the top token)."
+        "0 is greedy (all on the top token). A repetition penalty above 1 divides the score of each of "
+        "those 50 that is already in the text by the penalty (a negative score is multiplied by it)."
     )
 
 

@@ -80,3 +80,21 @@ def test_after_a_branch_the_picker_shows_the_reply_it_names(app):
     steps = app.select_slider(key="candidates.step").options
     assert len(steps) == len(second.trace.steps)  # the page shows the reply the picker names
     assert not any("is a branch" in e.value for e in app.info)
+
+
+def test_what_if_repetition_penalty_starts_at_the_reply_setting_and_recomputes(app):
+    app.session_state["chat.repetition_penalty"] = 1.3
+    app.chat_input[0].set_value("Say hello hello hello.").run()
+    reply = app.session_state["chat.messages"][-1]
+    assert reply.trace.settings.repetition_penalty == pytest.approx(1.3)
+    app.switch_page("pages/candidates.py")
+    app.query_params["reply"] = reply.trace.trace_id
+    app.query_params["step"] = "1"
+    app.run()
+    assert not app.exception
+    slider = app.slider(key="candidates.whatif_rp")
+    assert slider.value == pytest.approx(1.3)  # what the sampler really used
+    slider.set_value(2.0).run()
+    assert not app.exception
+    specs = " ".join(e.proto.spec for e in app.get("vega_lite_chart"))
+    assert "penalty=2" in specs
