@@ -187,3 +187,41 @@ class IncrementalDecoder:
         text = self._buffer.decode("utf-8", errors="replace")
         self._buffer = b""
         return text
+
+
+def tokenizer_kind(tokenizer: Any) -> str:
+    """The tokenizer's algorithm in words, read from the tokenizer itself, never assumed:
+    "byte-level BPE" (SmolLM2, GPT-2, Qwen), "BPE with byte fallback" (Llama 2, Gemma),
+    "SentencePiece Unigram", "WordPiece", ...; "a tokenizer" when it does not say.
+    """
+    import json
+
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is None:
+        return "a tokenizer"
+    spec = json.loads(backend.to_str())
+    model = (spec.get("model") or {}).get("type") or "a tokenizer"
+
+    def types(part: dict | None) -> set[str]:
+        if not part:
+            return set()
+        inner = part.get("pretokenizers") or part.get("decoders") or []
+        return {part.get("type", "")} | {t for p in inner for t in types(p)}
+
+    parts = types(spec.get("pre_tokenizer")) | types(spec.get("decoder"))
+    if model == "BPE" and "ByteLevel" in parts:
+        return "byte-level BPE"
+    if model == "BPE" and ((spec.get("model") or {}).get("byte_fallback") or "ByteFallback" in parts):
+        return "BPE with byte fallback"
+    if model == "Unigram":
+        return "SentencePiece Unigram"
+    return model
+
+
+KIND_NOTES = {
+    "byte-level BPE": "spaces belong to the next token (·) and any text can be spelled in bytes",
+    "BPE with byte fallback": "a space is joined to the next word (·), and a character missing from the "
+    "vocabulary is spelled as its UTF-8 bytes",
+    "SentencePiece Unigram": "a space is joined to the next word (·), and pieces are chosen to make the "
+    "text most likely under a word-piece model",
+}

@@ -1,4 +1,4 @@
-"""Encoder vs decoder: MiniLM's attention square beside SmolLM2's causal triangle, on the chat's text."""
+"""Encoder vs decoder: MiniLM's attention square beside the chat model's causal triangle, on the chat's text."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import streamlit as st
 from core import html
 from core.charts import encoder_decoder as charts
 from core.explain import encoder_decoder as ed
+from core.tokens import tokenizer_kind
 from pages import common
 
 SOURCES = ["A message from the chat", "Your own sentence"]
@@ -20,16 +21,19 @@ ENC_LAYER, ENC_HEAD, DEC_LAYER, DEC_HEAD = (
 EXAMPLE = "The animal didn't cross the street because it was too tired."
 ALL_HEADS = -1  # the head pickers' "average over every head" option
 
-EXPLANATION = (
-    "**The square and the triangle.** An encoder such as MiniLM reads the whole sentence at once: "
-    "every token looks at every other token, before and after it, so its heatmap fills the square. "
-    "A decoder such as SmolLM2 sees only the tokens before it (and itself): it writes left to right, "
-    "and the next word does not exist yet when it is chosen, so every cell above the diagonal is "
-    "masked to exactly 0 (grey) and a triangle is left. "
-    "The two models cut the same text into different tokens (WordPiece, with [CLS] and [SEP] "
-    "added, against SmolLM2's byte-level BPE, where · marks a space), so their rows do not line up "
-    "one to one."
-)
+
+def explanation(decoder: str, kind: str) -> str:
+    return (
+        "**The square and the triangle.** An encoder such as MiniLM reads the whole sentence at once: "
+        "every token looks at every other token, before and after it, so its heatmap fills the square. "
+        f"A decoder such as {decoder} sees only the tokens before it (and itself): it writes left to right, "
+        "and the next word does not exist yet when it is chosen, so every cell above the diagonal is "
+        "masked to exactly 0 (grey) and a triangle is left. "
+        "The two models cut the same text into different tokens (WordPiece, with [CLS] and [SEP] "
+        f"added, against {decoder}'s {kind}, where · marks a space), so their rows do not line up "
+        "one to one."
+    )
+
 
 lm = common.chat_model()
 common.model_badge(lm)
@@ -118,7 +122,7 @@ with enc_col:
     )
     enc_box = st.container()
 with dec_col:
-    dec_layer, dec_head = layer_and_head("SmolLM2", lm.n_layers, lm.n_heads, DEC_LAYER, DEC_HEAD)
+    dec_layer, dec_head = layer_and_head(lm.name, lm.n_layers, lm.n_heads, DEC_LAYER, DEC_HEAD)
     dec_box = st.container()
 
 with st.spinner("Running both models over this text with their attention weights recorded…"):
@@ -136,7 +140,7 @@ for box, square, chart in ((enc_box, enc, enc_chart), (dec_box, dec, dec_chart))
             f"(above the diagonal): **{s.above_diagonal:.1%}**"
         )
 
-st.markdown(EXPLANATION)
+st.markdown(explanation(lm.name, tokenizer_kind(lm.tokenizer)))
 st.caption(
     "Each row is one token looking and adds up to 1. Both heatmaps use the same colour scale "
     "(square-root, so that small weights stay visible); hover over or tap a cell for its exact weight."

@@ -11,6 +11,7 @@ from core.conversation import PromptTooLong, reply_number
 from core.explain import bpe, tokenization
 from core.html import Chip, chips
 from core.models import ModelUnavailable
+from core.tokens import KIND_NOTES, tokenizer_kind
 from pages import common, links
 
 MAX_CHIPS = 1500  # beyond this the browser slows down; the table still has every token
@@ -172,11 +173,13 @@ def counts_tab(table: pd.DataFrame) -> None:
 
 
 def compare_tab(text: str) -> None:
+    kind = tokenizer_kind(tok)
     st.markdown(
         "The sentence-embedding model (all-MiniLM-L6-v2) uses **WordPiece**: it lower-cases, splits at "
         "spaces and punctuation first, marks a piece that continues a word with `##`, and has no byte "
-        "fallback, so unknown characters become `[UNK]`. SmolLM2 uses **byte-level BPE**: spaces belong "
-        "to the next token (·) and any text can be spelled in bytes."
+        "fallback, so unknown characters become `[UNK]`. "
+        + f"{lm.name} uses **{kind}**"
+        + (f": {KIND_NOTES[kind]}." if kind in KIND_NOTES else ".")
     )
     try:
         wp = tokenization.wordpiece_table(wordpiece(), text)
@@ -185,7 +188,7 @@ def compare_tab(text: str) -> None:
         return
     ours = tokenization.text_table(tok, text)
     left, right = st.columns(2)
-    left.markdown(f"**SmolLM2, byte-level BPE: {len(ours):,} tokens**")
+    left.markdown(f"**{lm.name}, {kind}: {len(ours):,} tokens**")
     left.html(chips(tokenization.chips_for(ours.head(MAX_CHIPS), show_ids=False)))
     right.markdown(f"**all-MiniLM-L6-v2, WordPiece: {len(wp):,} tokens** (with [CLS] and [SEP])")
     right.html(
@@ -199,7 +202,7 @@ def compare_tab(text: str) -> None:
         )
     )
     counts = pd.DataFrame(
-        {"tokenizer": ["SmolLM2 (BPE)", "MiniLM (WordPiece)"], "tokens": [len(ours), len(wp)]}
+        {"tokenizer": [f"{lm.name} ({kind})", "MiniLM (WordPiece)"], "tokens": [len(ours), len(wp)]}
     )
     st.altair_chart(charts.pieces_per_tokenizer(counts), width="stretch")
 

@@ -91,3 +91,22 @@ def test_step_labels_are_unique_when_a_token_repeats(tok):
     assert len(set(labels)) == len(labels)
     assert labels[0] == "·the₁" and labels[3] == "·the₄"  # numbered from 1, as the pages show steps
     assert step_label(tok, ids[1], 1233).endswith("₁₂₃₄")
+
+
+def test_tokenizer_kind_is_read_from_the_tokenizer(tok):
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    from core.explain.tokenization import load_wordpiece_tokenizer
+    from core.tokens import tokenizer_kind
+
+    assert tokenizer_kind(tok) == "byte-level BPE"  # SmolLM2
+    assert tokenizer_kind(load_wordpiece_tokenizer()) == "WordPiece"  # all-MiniLM-L6-v2
+
+    vocab = {"<unk>": 0, "▁a": 1, "b": 2}
+    fallback = Tokenizer(models.BPE(vocab=vocab, merges=[], unk_token="<unk>", byte_fallback=True))
+    fallback.pre_tokenizer = pre_tokenizers.Metaspace()
+    fallback.decoder = decoders.Sequence([decoders.ByteFallback(), decoders.Metaspace()])
+    assert tokenizer_kind(PreTrainedTokenizerFast(tokenizer_object=fallback)) == "BPE with byte fallback"
+    unigram = Tokenizer(models.Unigram([("<unk>", 0.0), ("▁a", -1.0), ("b", -2.0)], unk_id=0))
+    assert tokenizer_kind(PreTrainedTokenizerFast(tokenizer_object=unigram)) == "SentencePiece Unigram"
