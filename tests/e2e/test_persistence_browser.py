@@ -183,11 +183,18 @@ def explain_link(page, message_index: int, title: str) -> str:
     return link.get_attribute("href") or ""
 
 
+def send_settled(page, text: str) -> list[str]:
+    """send_and_wait, then wait for the reply's Explain toggle too, so that two pages' texts compare."""
+    n = len(send_and_wait(page, text))
+    wait_for_messages(page, n)
+    return chat_texts(page)
+
+
 def chat(page, prompts: list[str], tokens: int = 8) -> list[str]:
     quick_replies(page, tokens)
     texts: list[str] = []
     for prompt in prompts:
-        texts = send_and_wait(page, prompt)
+        texts = send_settled(page, prompt)
     assert len(texts) == 2 * len(prompts), texts
     return texts
 
@@ -307,7 +314,7 @@ def test_server_killed_mid_reply_comes_back_with_the_partial_reply_cut_off(brows
 
         # The chat goes on: a new message gets a normal, complete reply.
         quick_replies(page, 8)
-        texts = send_and_wait(page, "Thank you.")
+        texts = send_settled(page, "Thank you.")
         assert len(texts) == 4 and CUT_OFF in texts[1]
         assert footer_tokens(texts[3]) >= 1 and "cut off" not in texts[3]
         no_fault(page, proc)
@@ -363,7 +370,7 @@ def test_share_link_is_read_only_continue_forks_and_revoke_ends_it(browser, shar
         assert chat_texts(visitor) == original
         assert history_titles(visitor) == ["▶ What is two plus two?"]
         quick_replies(visitor, 8)
-        assert len(send_and_wait(visitor, "And four plus four?")) == 6
+        assert len(send_settled(visitor, "And four plus four?")) == 6
         no_fault(visitor, proc)
 
         # The owner's conversation is unchanged, and still theirs alone.
@@ -441,7 +448,7 @@ def test_two_tabs_stay_consistent_and_each_message_is_stored_once(browser, share
         wait_idle(tab_b)
         wait_for_messages(tab_b, 2)
 
-        after_a = send_and_wait(tab_a, "Name a vegetable.")
+        after_a = send_settled(tab_a, "Name a vegetable.")
         assert len(after_a) == 4
         go_to(tab_b, "Tokenization")  # tab B's next reruns, through the sidebar menu
         go_to(tab_b, "Chat")
@@ -450,7 +457,7 @@ def test_two_tabs_stay_consistent_and_each_message_is_stored_once(browser, share
 
         # And back: tab B chats on; tab A sees it on its next rerun, nothing is lost or doubled.
         quick_replies(tab_b, 8)
-        after_b = send_and_wait(tab_b, "Name a colour.")
+        after_b = send_settled(tab_b, "Name a colour.")
         assert len(after_b) == 6 and after_b[:4] == after_a
         click_and_wait(tab_a, history_box(tab_a).get_by_role("button", name="Name a fruit."))  # a rerun
         wait_for_messages(tab_a, 6)
@@ -498,7 +505,7 @@ def test_two_servers_on_one_database_see_the_same_conversations(browser, tmp_pat
 
         # A reply written through the second process is seen by the first.
         quick_replies(page_2, 8)
-        both = send_and_wait(page_2, "And of Portugal?")
+        both = send_settled(page_2, "And of Portugal?")
         time.sleep(0.2)
         reload(page_1)
         wait_for_messages(page_1, 4)
