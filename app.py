@@ -5,8 +5,7 @@ from pathlib import Path
 import streamlit as st
 
 from core.html import PAGE_STYLE, close_sidebar_script
-from core.memory import give_back_freed_memory
-from pages import history, persist
+from pages import preview
 
 st.set_page_config(page_title="Glassbox Chat", page_icon="🔍", layout="wide")
 
@@ -29,11 +28,21 @@ pages = [
     if (HERE / path).is_file()
 ]
 navigation = st.navigation(pages)
+# A restarted server: the stored conversation is drawn before the model code loads, below the
+# menu (drawn first, so the menu is never Streamlit's own list of pages/). See pages/preview.py.
+first_paint = st.empty() if preview.cold() and navigation.url_path == pages[0].url_path else None
+early = first_paint is not None and preview.show_stored(first_paint)
+
+from core.memory import give_back_freed_memory  # noqa: E402 - torch and the model code: seconds, once
+from pages import history, persist  # noqa: E402
+
 persist.open_from_url()  # ?c=<id>: the stored conversation this page shows (core/store.py)
 with st.sidebar:
     history.show()
 persist.show_status()
 st.html(PAGE_STYLE)  # a stylesheet alone takes no room on the page
+if early and first_paint is not None:
+    first_paint.empty()  # the page draws the real conversation now
 try:
     navigation.run()
 finally:  # also when the page stops or reruns early

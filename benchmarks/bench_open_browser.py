@@ -5,14 +5,15 @@
 Issue 14's row "opening a 30-turn conversation after a restart: first paint within 1.5 s".
 bench_store.py times the database part (a new Store loading every trace); this one times what
 the learner sees: Debian's Chromium (headless, through Playwright) opens `/?c=<id>` on a
-freshly started app process, and the clock runs from the navigation until all 60 messages of
-the conversation are in the page and the script has finished its run.
+freshly started app process. Two clocks run from the navigation: until all 60 messages of the
+conversation are on screen (pages/preview.py draws them before the model code has loaded), and
+until the page is ready (its run over, the chat box drawn).
 
-Baseline, same run and same fresh process: the first paint of an empty chat (`/`), opened by a
-second visitor right after. A third visitor then opens the conversation again (warm process).
+Baseline, same run and same fresh process: the time an empty chat (`/`) takes to be ready, opened by a
+second visitor right after: what Streamlit itself costs in this browser on this machine. A third visitor then opens the conversation again (warm process).
 Each round starts a new server, so every "cold" figure is the first visit after a restart.
 
-Exits 1 when the cold median misses 1.5 s.
+Exits 1 when the cold "on screen" median misses 1.5 s.
 """
 
 from __future__ import annotations
@@ -35,25 +36,29 @@ from pages.owner import COOKIE  # noqa: E402
 from tests.e2e.conftest import start_server, stop_server  # noqa: E402
 
 GOAL_S = 1.5
-SCRIPT_IDLE = """(n) => { const a = document.querySelector('[data-testid="stApp"]');
+SHOWN = """(n) => document.querySelectorAll('[data-testid="stChatMessage"]').length >= n"""
+READY = """(n) => { const a = document.querySelector('[data-testid="stApp"]');
     const m = document.querySelectorAll('[data-testid="stChatMessage"]');
     const box = document.querySelector('[data-testid="stChatInput"]');
     return a && a.getAttribute('data-test-script-state') === 'notRunning' && box && m.length >= n; }"""
 
 
-def paint(browser, url: str, token: str, messages: int) -> float:
-    """Seconds from navigation until `messages` chat messages are shown and the run is over."""
+def paint(browser, url: str, token: str, messages: int) -> tuple[float, float]:
+    """(seconds from navigation until `messages` chat messages are on screen, until the page is
+    ready: its run over and the chat box drawn)."""
     context = browser.new_context(viewport={"width": 1400, "height": 1000})
     context.add_cookies([{"name": COOKIE, "value": token, "url": url}])
     page = context.new_page()
     try:
         start = time.perf_counter()
         page.goto(url, wait_until="commit")
-        page.wait_for_function(SCRIPT_IDLE, arg=messages, timeout=120_000, polling=20)
-        took = time.perf_counter() - start
+        page.wait_for_function(SHOWN, arg=messages, timeout=120_000, polling=20)
+        shown = time.perf_counter() - start
+        page.wait_for_function(READY, arg=messages, timeout=120_000, polling=20)
+        ready = time.perf_counter() - start
         if page.locator('[data-testid="stException"]').count():
             raise RuntimeError("the page shows a traceback")
-        return took
+        return shown, ready
     finally:
         context.close()
 
@@ -85,20 +90,28 @@ def main() -> int:
             finally:
                 stop_server(proc)
             print(
-                f"round {r + 1}: cold {cold[-1]:.2f} s · empty chat {empty[-1]:.2f} s · warm {warm[-1]:.2f} s",
+                f"round {r + 1}: cold {cold[-1][0]:.2f} / {cold[-1][1]:.2f} s · "
+                f"empty chat {empty[-1][1]:.2f} s · warm {warm[-1][0]:.2f} / {warm[-1][1]:.2f} s",
                 flush=True,
             )
         browser.close()
 
-    c, e, w = (statistics.median(x) for x in (cold, empty, warm))
+    def med(runs: list[tuple[float, float]], k: int) -> float:
+        return statistics.median(r[k] for r in runs)
+
     print()
-    print(f"| case ({shown} messages, {args.rounds} fresh server processes) | median first paint |")
-    print("|---|---|")
-    print(f"| 30-turn conversation, first visit after a restart | {c:.2f} s |")
-    print(f"| empty chat, same process (baseline) | {e:.2f} s |")
-    print(f"| 30-turn conversation, warm process | {w:.2f} s |")
-    print(f"goal: cold first paint ≤ {GOAL_S} s: {'met' if c <= GOAL_S else 'MISSED'}")
-    return 0 if c <= GOAL_S else 1
+    print(
+        f"| case ({shown} messages, {args.rounds} fresh server processes, medians) | conversation on screen | page ready |"
+    )
+    print("|---|---|---|")
+    print(
+        f"| 30-turn conversation, first visit after a restart | {med(cold, 0):.2f} s | {med(cold, 1):.2f} s |"
+    )
+    print(f"| empty chat, same process (baseline: Streamlit's own start here) | — | {med(empty, 1):.2f} s |")
+    print(f"| 30-turn conversation, warm process | {med(warm, 0):.2f} s | {med(warm, 1):.2f} s |")
+    met = med(cold, 0) <= GOAL_S
+    print(f"goal: the conversation on screen within {GOAL_S} s of a restart: {'met' if met else 'MISSED'}")
+    return 0 if met else 1
 
 
 if __name__ == "__main__":

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import gc
 import logging
-import os
 import threading
 from dataclasses import dataclass
 
@@ -23,6 +22,7 @@ from core.models import ENV_MODEL, LoadedModel, ModelUnavailable, load_chat_mode
 from core.runner import runner_for
 from core.settings import DEFAULT_CONTEXT_BUDGET, DEFAULT_SYSTEM_PROMPT, SamplingSettings
 from core.trace import Trace
+from pages.storage import setting
 
 MESSAGES = "chat.messages"
 SYSTEM_PROMPT = "chat.system_prompt"
@@ -67,15 +67,7 @@ def remember(key: str) -> None:
         st.session_state[KEPT + key] = st.session_state[key]
 
 
-def config(name: str) -> str | None:
-    """A setting from the environment, else from Streamlit secrets, else None."""
-    if os.environ.get(name):
-        return os.environ[name]
-    try:
-        value = st.secrets.get(name)
-    except Exception:  # no secrets file at all is the common, fine case
-        value = None
-    return str(value) if value else None
+config = setting  # a setting from the environment, else from Streamlit secrets, else None
 
 
 def configured_model() -> str | None:

@@ -9,11 +9,8 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import os
 import threading
 import time
-from dataclasses import dataclass
-from pathlib import Path
 
 import streamlit as st
 from streamlit.runtime.scriptrunner_utils.script_run_context import get_script_run_ctx
@@ -21,18 +18,10 @@ from streamlit.runtime.scriptrunner_utils.script_run_context import get_script_r
 from core.conversation import Message
 from core.generation import RUNNING, prefill
 from core.kvcache import SessionKV
-from core.store import (
-    DEFAULT_MAX_BYTES,
-    DEFAULT_MAX_CONVERSATIONS,
-    LimitReached,
-    Store,
-    StoreError,
-    StoreUnavailable,
-    default_sqlite_url,
-    looks_like_id,
-)
+from core.store import LimitReached, StoreError, StoreUnavailable, looks_like_id
 from pages import common
 from pages.owner import owner_token
+from pages.storage import config, data_dir, store  # noqa: F401 - part of this module's interface
 
 log = logging.getLogger(__name__)
 CID = "conv.id"  # the stored conversation shown in this session (None: not saved yet)
@@ -47,61 +36,6 @@ UNREACHABLE = "conv.unreachable"  # the ?c= id that could not be opened: the dat
 SLOT = "conv.status_slot"  # (this run's cursors, the placeholder show_status made for save problems)
 GONE = "This conversation does not exist or is no longer shared. Here is a new chat instead."
 CUT_OFF = "This reply was cut off (the app restarted or the tab closed)."  # a reply's notice
-
-
-@dataclass(frozen=True)
-class Config:
-    url: str
-    max_conversations: int
-    max_bytes: int
-    cleanup_days: float | None
-
-
-def data_dir() -> Path:
-    base = os.environ.get("XDG_DATA_HOME") or Path.home() / ".local" / "share"
-    return Path(common.config("GLASSBOX_DATA_DIR") or Path(base) / "glassbox")
-
-
-def config() -> Config:
-    """GLASSBOX_DB_URL and the limits, from the environment or Streamlit secrets."""
-
-    def number(name: str, default: float) -> float:
-        try:
-            return float(common.config(name) or default)
-        except ValueError:
-            log.warning("%s is not a number; using %s", name, default)
-            return default
-
-    days = number("GLASSBOX_CLEANUP_DAYS", 0)
-    return Config(
-        url=common.config("GLASSBOX_DB_URL") or default_sqlite_url(data_dir()),
-        max_conversations=int(number("GLASSBOX_MAX_CONVERSATIONS", DEFAULT_MAX_CONVERSATIONS)),
-        max_bytes=int(number("GLASSBOX_MAX_CONVERSATION_MB", DEFAULT_MAX_BYTES / 2**20) * 2**20),
-        cleanup_days=days or None,
-    )
-
-
-@st.cache_resource(show_spinner=False)
-def _store(cfg: Config) -> Store:
-    store = Store(cfg.url, cfg.max_conversations, cfg.max_bytes)
-    if cfg.cleanup_days:
-        threading.Thread(target=_cleanup_loop, args=(store, cfg.cleanup_days), daemon=True).start()
-    return store
-
-
-def _cleanup_loop(store: Store, days: float) -> None:
-    while True:
-        try:
-            removed = store.cleanup(days)
-            if removed:
-                log.info("clean-up: deleted %d conversations unchanged for %s days", removed, days)
-        except StoreError:
-            log.warning("clean-up could not reach the database", exc_info=True)
-        time.sleep(3600)
-
-
-def store() -> Store:
-    return _store(config())
 
 
 def conversation_id() -> str | None:
