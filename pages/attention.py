@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import streamlit as st
 
 from core import html
 from core.charts import attention as charts
 from core.explain import attention as att
+from core.explain.summary import earlier_turn_story
 from core.runner import ModelFacts, runner_for
+from core.trace import Trace
 from pages import common, links
 
 # URL name -> label. URL: ?reply=&layer=&head=&view=&step=&mode= (layer, head, step 0-based)
@@ -266,7 +270,16 @@ def per_token_view(ov: att.AttentionOverview, reply_w, layer: int, head: int) ->
     )
 
 
-def turn_view(ov: att.AttentionOverview, layer: int, head: int) -> None:
+def turn_view(ov: att.AttentionOverview, trace: Trace, tokenizer: Any, layer: int, head: int) -> None:
+    story = earlier_turn_story(tokenizer, trace)
+    if story:  # the reply follows an earlier question: how much did it look at the current one?
+        share = att.turn_shares(ov)
+        st.warning(
+            f"{story} Over all layers and heads, the attention that chose this reply's tokens put "
+            f"{share['Current question']:.0%} on the current question and {share['Earlier turns']:.0%} on "
+            "earlier turns.",
+            icon="↩️",
+        )
     scopes = {
         "all": "Mean over all layers and heads",
         "layer": f"Mean of layer {layer + 1}'s heads",
@@ -360,6 +373,6 @@ with main:
     elif view == "Per-token view":
         per_token_view(ov, reply_w, layer, head)
     elif view == "Turn view":
-        turn_view(ov, layer, head)
+        turn_view(ov, trace, lm.tokenizer, layer, head)
     else:
         head_summary(ov)

@@ -14,7 +14,7 @@ import streamlit as st
 from core.cache import BoundedCache
 from core.conversation import Message
 from core.explain.candidates import find_repetition, reply_chips, runner_up, uncertain_moments
-from core.explain.summary import context_before, percent, summarize
+from core.explain.summary import answers_earlier_turn, context_before, percent, summarize
 from core.export import explanation_json
 from core.html import chips, probability_legend, text_block
 from core.tokens import readable
@@ -95,6 +95,28 @@ def show(message: Message) -> None:
                 ),
                 icon="🔁",
                 query_params={"reply": trace.trace_id, "step": str(loop.start)},
+            )
+            # the row that chose the first copied token: where the model looks back at the source
+            st.page_link(
+                "pages/attention.py",
+                label=plain_label(
+                    f"See the attention that copies: the row that chose step {loop.start + 1}'s "
+                    f"“{readable(tok, trace.steps[loop.start].token_id)}”, head by head"
+                ),
+                icon="👀",
+                query_params={
+                    "reply": trace.trace_id,
+                    "step": str(loop.start),
+                    "view": "token",
+                    "mode": "all",
+                },
+            )
+        if answers_earlier_turn(tok, trace) is not None:  # the summary says so; the Turn view measures it
+            st.page_link(
+                "pages/attention.py",
+                label="How much of its attention went to the current question: the Turn view",
+                icon="↩️",
+                query_params={"reply": trace.trace_id, "view": "turns"},
             )
         st.markdown("**Explain this reply on**")
         available = [p for p in EXPLAIN_PAGES if (ROOT / p[0]).is_file()]

@@ -208,3 +208,53 @@ def test_empty_reply(lm, greedy_trace):
 def test_percent_never_reads_zero():
     assert (percent(0.38), percent(0.004), percent(0.00001)) == ("38%", "0.4%", "<0.1%")
     assert (chance(0.38), chance(0.0002), chance(0.0000123)) == ("38%", "0.020%", "0.0012%")
+
+
+def test_the_turn_view_says_how_much_attention_went_to_the_current_question(lm, follow_up):
+    from streamlit.testing.v1 import AppTest
+
+    from core.explain import attention as att
+    from tests.conftest import APP
+
+    history = [
+        Message("system", DEFAULT_SYSTEM_PROMPT),
+        Message("user", "What is the capital of Australia?"),
+        Message("assistant", "(the first reply)"),
+        Message("user", "What is its population?"),
+        Message("assistant", follow_up.text, trace=follow_up),
+    ]
+    shares = att.turn_shares(att.overview(lm, follow_up))
+    assert list(shares) == att.CATEGORIES and sum(shares.values()) == pytest.approx(1.0, abs=1e-5)
+    at = AppTest.from_file(APP, default_timeout=300)
+    at.session_state["chat.messages"] = history
+    at.run()
+    at.switch_page("pages/attention.py")
+    at.query_params["reply"] = follow_up.trace_id
+    at.query_params["view"] = "turns"
+    at.run()
+    assert not at.exception
+    (said,) = [w.value for w in at.warning if "current question" in w.value]
+    assert "So it follows the earlier question" in said
+    assert f"put {shares['Current question']:.0%} on the current question" in said
+    assert f"{shares['Earlier turns']:.0%} on earlier turns" in said
+
+
+def test_the_explain_panel_links_an_earlier_turn_reply_to_the_turn_view(lm, follow_up):
+    from streamlit.testing.v1 import AppTest
+
+    from tests.conftest import APP
+
+    reply = Message("assistant", follow_up.text, trace=follow_up)
+    at = AppTest.from_file(APP, default_timeout=300)
+    at.session_state["chat.messages"] = [
+        Message("system", DEFAULT_SYSTEM_PROMPT),
+        Message("user", "What is the capital of Australia?"),
+        Message("assistant", "(the first reply)"),
+        Message("user", "What is its population?"),
+        reply,
+    ]
+    at.run()
+    at.toggle(key=f"explain.toggle.{reply.id}").set_value(True).run()
+    assert not at.exception
+    (turns,) = [e.proto for e in at.get("page_link") if "Turn view" in e.proto.label]
+    assert "attention" in turns.page and "view=turns" in turns.query_string

@@ -132,5 +132,8 @@ def test_the_explain_panel_lists_closest_calls_and_links_the_loop(looping_chat):
     assert len(closest) == 3 and all(" over “" in p.label for p in closest)
     (looped,) = [p for p in links if p.label.startswith("A loop starts at step")]
     assert f"step {loop.start + 1}" in looped.label and f"step={loop.start}" in looped.query_string
+    (copies,) = [p for p in links if p.label.startswith("See the attention that copies")]
+    assert "attention" in copies.page and f"step={loop.start}" in copies.query_string
+    assert "view=token" in copies.query_string and f"step {loop.start + 1}" in copies.label
     html = "".join(e.proto.body for e in at.get("html"))
     assert "goes round in a loop" in html

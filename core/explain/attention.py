@@ -610,6 +610,14 @@ def turn_frame(ov: AttentionOverview, layer: int | None = None, head: int | None
     )
 
 
+def turn_shares(ov: AttentionOverview) -> dict[str, float]:
+    """The share of the reply's attention per category (CATEGORIES), over every layer, head and
+    step: the mean of turn_frame's bars. E.g. {"Current question": 0.04, "Earlier turns": 0.21, ...}."""
+    frame = turn_frame(ov)
+    means = frame.groupby("category", sort=False)["share"].mean()
+    return {c: float(means.get(c, 0.0)) for c in CATEGORIES}
+
+
 def token_row(
     ov: AttentionOverview, step: int, reply_w: np.ndarray | None = None, head: int | None = None
 ) -> np.ndarray:
