@@ -19,6 +19,7 @@ from dataclasses import dataclass
 
 import torch
 
+from core.fairlock import CHAT
 from core.kvcache import LeanModel, SessionKV, lean_model, supports
 from core.models import LoadedModel
 from core.runner import GenericKV
@@ -105,10 +106,10 @@ def stream(
     eos_ids = lm.eos_ids
     forced = list(forced or [])
     decoder = IncrementalDecoder(tokenizer)
-    if not lm.lock.acquire(blocking=False):
+    if not lm.lock.acquire(blocking=False, kind=CHAT):
         if on_wait:
             on_wait()
-        while not lm.lock.acquire(timeout=0.1):
+        while not lm.lock.acquire(timeout=0.1, kind=CHAT):
             if stop is not None and stop.is_set():
                 trace.finish_reason = "stopped"
                 return
@@ -163,6 +164,8 @@ def stream(
                     trace.finish_reason = "eos"
                     break
                 if i + 1 < settings.max_new_tokens:  # no forward pass for a token nobody reads
+                    if lm.lock.yield_turn():  # another chat waited: it had one step, we go on
+                        torch.set_num_threads(min(decode_threads(lm), threads))
                     logits = step_fn(token_id)
             else:
                 trace.finish_reason = "length"

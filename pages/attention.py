@@ -168,9 +168,7 @@ def whole_layer(ov: att.AttentionOverview, trace, layer: int):
     if att.layer_is_cached(trace, layer):
         return att.layer_weights(lm, trace, layer)
     try:
-        with st.spinner(
-            f"Running the model over all {ov.n_tokens:,} tokens up to layer {layer + 1}, for every row…"
-        ):
+        with common.model_pass(f"Running the model over all {ov.n_tokens:,} tokens, for every row:"):
             return att.layer_weights(lm, trace, layer)
     except att.AttentionUnavailable as exc:
         st.warning(str(exc))
@@ -349,7 +347,7 @@ with main:
         if att.is_cached(trace, layer):
             ov, reply_w = att.overview(lm, trace), att.reply_weights(lm, trace, layer)
         else:
-            with st.spinner(f"Recording attention over {len(trace.full_ids):,} tokens…"):
+            with common.model_pass(f"Recording attention over {len(trace.full_ids):,} tokens:"):
                 ov = att.overview(lm, trace, keep_layer=layer, kv=kv)
                 reply_w = att.reply_weights(lm, trace, layer, kv=kv)  # (heads, R, T)
     except att.AttentionUnavailable as exc:

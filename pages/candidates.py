@@ -250,7 +250,7 @@ def lens_view(trace: Trace, i: int) -> None:
         return
     key, start = (lm.name, trace.trace_id, len(trace.steps), i), time.perf_counter()
     cached = key in _lens_tables()
-    with st.spinner("Running one forward pass…"):
+    with common.model_pass("Running one forward pass:"):
         table = _lens_tables().get_or_compute(key, lambda: lens_table(lm, trace, i, k=5))
     seconds = time.perf_counter() - start
     timing = (

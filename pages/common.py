@@ -9,6 +9,8 @@ from __future__ import annotations
 import gc
 import logging
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import streamlit as st
@@ -19,7 +21,7 @@ from core.cores import fit_torch_threads
 from core.generation import warm_up
 from core.memory import give_back_freed_memory
 from core.models import ENV_MODEL, LoadedModel, ModelUnavailable, load_chat_model, load_embedder
-from core.runner import runner_for
+from core.runner import reporting, runner_for
 from core.settings import DEFAULT_CONTEXT_BUDGET, DEFAULT_SYSTEM_PROMPT, SamplingSettings
 from core.trace import Trace
 from pages.storage import setting
@@ -475,3 +477,23 @@ def model_badge(lm: LoadedModel) -> None:
         f"**{lm.name}** · {lm.n_params / 1e6:.0f}M parameters · runs locally on the CPU  \n"
         f"Source: {lm.public_source}"
     )
+
+
+@contextmanager
+def model_pass(label: str) -> Iterator[None]:
+    """A spinner and a progress bar ("layer 12 of 30") over a pass of the model.
+
+    The pass hands the model to a waiting chat between two layers (core/fairlock.py). And it
+    stops at the next layer when the visitor moves on: the bar's update is a Streamlit call,
+    where Streamlit stops a run that was asked to rerun or stop, the model lock released.
+    """
+    bar = st.progress(0.0, text=label)
+
+    def on_layer(i: int, n: int) -> None:
+        bar.progress(i / max(n, 1), text=f"{label} layer {i + 1} of {n}")
+
+    try:
+        with st.spinner(label), reporting(on_layer):
+            yield
+    finally:
+        bar.empty()

@@ -86,7 +86,9 @@ def token_view() -> None:
     if layer == 0:
         vectors = emb.token_vectors(lm, trace, part, 0)  # (n, d)
     else:
-        with st.spinner(f"Running the model once over all {len(trace.full_ids):,} tokens of this reply…"):
+        with common.model_pass(
+            f"Running the model once over all {len(trace.full_ids):,} tokens of this reply:"
+        ):
             vectors = emb.token_vectors(lm, trace, part, layer)  # (n, d)
     centres = list(emb.CENTRES) if layer == 0 else ["shown", "none"]  # the vocabulary's mean is layer 0's
     centre = st.radio(

@@ -132,7 +132,7 @@ if not trace.steps or not trace.steps[0].top_ids:
 step = step_picker(trace, lm.tokenizer)
 links.copy_link(link_slot)
 chosen = trace.steps[step]
-with st.spinner("Running the model over the context (about a second)…"):
+with common.model_pass("Running the model over the context:"):
     walk = _walk_cache().get_or_compute(
         (lm.source, trace.trace_id, step), lambda: wt.walk_step(lm, trace, step)
     )

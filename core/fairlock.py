@@ -1,0 +1,92 @@
+"""The model's lock, handed over in turn, so that no visitor keeps the others waiting.
+
+One model serves every session of the process, and a forward pass must not interleave with
+another inside a layer, so the model is behind a lock. A plain threading.Lock lets whoever
+holds it keep it: a 30-second attention pass over an imported 8,000-token conversation then
+freezes every other visitor's chat for 30 seconds. This lock is the same lock with turns:
+
+- a holder calls yield_turn() between chunks of its work (a long pass between decoder
+  layers, a reply between tokens); when somebody waits who may go first, the lock goes to
+  them and the holder queues again;
+- who goes first: a chat step (CHAT) before a long pass (PASS); within a kind, first come,
+  first served. So three chats share the model token by token, and a long pass waits for the
+  chats, a layer at a time, but is never starved by another pass.
+
+Drop-in for threading.Lock where the app used one: `with lm.lock:`, acquire(blocking,
+timeout), release(), locked().
+"""
+
+from __future__ import annotations
+
+import itertools
+import threading
+import time
+
+CHAT = 0  # a reply being written: short steps, a person watching each token
+PASS = 1  # an explanation pass, a warm-up, a background prefill: anything else
+
+
+class FairLock:
+    def __init__(self) -> None:
+        self._cond = threading.Condition(threading.Lock())
+        self._held: int | None = None  # the holder's kind (CHAT or PASS); None: free
+        self._queue: list[tuple[int, int]] = []  # (kind, ticket) of every waiter
+        self._tickets = itertools.count()
+
+    def acquire(self, blocking: bool = True, timeout: float = -1, kind: int = PASS) -> bool:
+        with self._cond:
+            if self._held is None and not self._queue:
+                self._held = kind
+                return True
+            if not blocking:
+                return False
+            me = (kind, next(self._tickets))
+            self._queue.append(me)
+            deadline = None if timeout is None or timeout < 0 else time.monotonic() + timeout
+            while self._held is not None or min(self._queue) != me:
+                left = None if deadline is None else deadline - time.monotonic()
+                if left is not None and left <= 0:
+                    self._queue.remove(me)
+                    self._cond.notify_all()  # the next in line may be free to go now
+                    return False
+                self._cond.wait(left)
+            self._queue.remove(me)
+            self._held = kind
+            return True
+
+    def release(self) -> None:
+        with self._cond:
+            if self._held is None:
+                raise RuntimeError("release of an unlocked FairLock")
+            self._held = None
+            self._cond.notify_all()
+
+    def locked(self) -> bool:
+        return self._held is not None
+
+    def __enter__(self) -> FairLock:
+        self.acquire()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+
+    def waiting(self, before: int | None = None) -> int:
+        """How many wait; before=kind: how many would go before a holder of that kind."""
+        with self._cond:
+            return sum(1 for k, _ in self._queue if before is None or k <= before)
+
+    def yield_turn(self) -> bool:
+        """From the holder, between two chunks of its work: when a waiter may go first (a chat
+        before a pass; an equal kind in turn), hand the lock over and queue again. True when
+        the holder waited (it then holds the lock again, with anything set up under it, such
+        as torch's thread count, possibly changed by the other holder)."""
+        with self._cond:
+            mine = self._held
+            if mine is None:
+                raise RuntimeError("yield_turn without holding the lock")
+            if not any(k <= mine for k, _ in self._queue):
+                return False
+        self.release()
+        self.acquire(kind=mine)
+        return True

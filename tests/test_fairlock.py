@@ -1,0 +1,130 @@
+"""core/fairlock.py and the passes that share the model through it (core/runner.py)."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+import torch
+
+from core.fairlock import CHAT, PASS, FairLock
+from core.generation import generate, new_trace
+from core.runner import reporting, runner_for
+from core.settings import SamplingSettings
+
+
+def _start(target) -> threading.Thread:
+    thread = threading.Thread(target=target, daemon=True)
+    thread.start()
+    return thread
+
+
+def _until(check, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.005)
+
+
+def test_a_lock_like_threading_lock():
+    lock = FairLock()
+    assert lock.acquire() and lock.locked()
+    assert not lock.acquire(blocking=False)
+    t0 = time.monotonic()
+    assert not lock.acquire(timeout=0.05) and time.monotonic() - t0 >= 0.05
+    assert lock.waiting() == 0  # a waiter that timed out leaves the queue
+    lock.release()
+    assert not lock.locked()
+    with lock:
+        assert lock.locked()
+    with pytest.raises(RuntimeError):
+        lock.release()
+
+
+def test_chats_go_before_passes_and_each_kind_in_arrival_order():
+    lock, order = FairLock(), []
+    lock.acquire()
+
+    def waiter(name: str, kind: int) -> None:
+        lock.acquire(kind=kind)
+        order.append(name)
+        lock.release()
+
+    threads = []
+    for name, kind in [("pass 1", PASS), ("chat 1", CHAT), ("pass 2", PASS), ("chat 2", CHAT)]:
+        threads.append(_start(lambda n=name, k=kind: waiter(n, k)))
+        queued = len(threads)
+        _until(lambda n=queued: lock.waiting() == n)
+    lock.release()
+    for t in threads:
+        t.join(5)
+    assert order == ["chat 1", "chat 2", "pass 1", "pass 2"]
+
+
+def test_yield_turn_hands_over_only_to_who_may_go_first():
+    lock = FairLock()
+    lock.acquire(kind=CHAT)
+    assert lock.yield_turn() is False  # nobody waits
+    ran = []
+    passing = _start(lambda: (lock.acquire(kind=PASS), ran.append("pass"), lock.release()))
+    _until(lambda: lock.waiting() == 1)
+    assert lock.yield_turn() is False and not ran  # a chat does not stop for a pass
+    chatting = _start(lambda: (lock.acquire(kind=CHAT), ran.append("chat"), lock.release()))
+    _until(lambda: lock.waiting() == 2)
+    assert lock.yield_turn() is True  # the other chat had its turn; the pass still waits for us
+    assert ran == ["chat"] and lock.locked()
+    lock.release()
+    passing.join(5)
+    chatting.join(5)
+    assert ran == ["chat", "pass"]
+
+
+def test_a_long_pass_lets_a_waiting_chat_in_between_two_layers_and_reports_progress(lm):
+    """A chat reply started while a hidden-states pass runs gets its first token before the pass
+    ends, and the pass's numbers are exactly those of an undisturbed pass."""
+    runner = runner_for(lm)
+    ids = lm.tokenizer("The quick brown fox jumps over the lazy dog. " * 60)["input_ids"]
+    alone = runner.hidden_states(ids)
+    seen: list[tuple[int, int]] = []
+    reply = new_trace(lm, lm.tokenizer("Hi")["input_ids"], [], SamplingSettings(temperature=0, max_new_tokens=4))
+
+    steps_at: dict[int, int] = {}
+
+    def on_layer(i: int, n: int) -> None:
+        seen.append((i, n))
+        steps_at[i] = len(reply.steps)
+        if i == 3:  # the chat arrives while the pass runs; wait until it queues
+            chat = _start(lambda: generate(lm, reply))
+            threads.append(chat)
+            _until(lambda: lm.lock.waiting() == 1)
+
+    threads: list[threading.Thread] = []
+    with reporting(on_layer):
+        shared = runner.hidden_states(ids)
+    threads[0].join(30)
+    n = runner.facts.n_layers
+    assert seen == [(i, n) for i in range(n)]
+    # the whole reply was written between layers 3 and 4 of the pass, not after its end
+    assert steps_at[3] == 0 and steps_at[4] == len(reply.steps) > 0
+    assert reply.finish_reason in ("length", "eos")
+    assert torch.equal(shared, alone)
+    assert not lm.lock.locked()
+
+
+class MovedOn(BaseException):
+    """Like Streamlit's StopException: a BaseException raised when the visitor moved on."""
+
+
+def test_a_pass_stopped_by_its_progress_callback_releases_the_model(lm):
+    runner = runner_for(lm)
+
+    def stop(i: int, n: int) -> None:
+        if i == 2:
+            raise MovedOn
+
+    with pytest.raises(MovedOn), reporting(stop):
+        runner.attention_rows(lm.tokenizer("one two three four")["input_ids"], runner.facts.n_layers - 1, [1])
+    assert not lm.lock.locked()
+    assert lm.model.config._attn_implementation != "glassbox_rows"  # put back
+    assert runner.attention_rows(lm.tokenizer("one two")["input_ids"], 0, [1]).shape[1] == 1  # still works
