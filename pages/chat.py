@@ -20,6 +20,7 @@ EXAMPLES = [
     "Write a Python function that reverses a string.",
     "Why is the sky blue? Answer in two sentences.",
 ]
+MAX_SYSTEM_CHARS = 4_000  # about 1,000 tokens: half the default context budget
 PENDING = "chat.pending"  # set when the last user message still needs a reply
 
 lm = common.chat_model(full=False)
@@ -61,7 +62,13 @@ def sidebar() -> SamplingSettings:
         help="How much of the conversation the model may read. The oldest turns are left out beyond it.",
     )  # read through common.context_budget()
     with sb.expander("System prompt"):
-        history[0].content = st.text_area("System prompt", key=common.SYSTEM_PROMPT, height=120)
+        history[0].content = st.text_area(
+            "System prompt",
+            key=common.SYSTEM_PROMPT,
+            height=120,
+            max_chars=MAX_SYSTEM_CHARS,
+            help=f"Up to {MAX_SYSTEM_CHARS:,} characters; its tokens count in the context budget.",
+        )
     for key in common.CHAT_WIDGETS:
         common.remember(key)
     return SamplingSettings(temperature, top_k, top_p, max_new, int(seed), penalty).validated()
@@ -129,7 +136,14 @@ def generate_reply(previous: Message | None = None) -> None:
     """Stream a reply to the conversation as it stands. The partial reply survives a stop.
 
     previous: the take being regenerated; it is kept among the new reply's alternatives.
+    On a public deployment a session writes one reply at a time, within its rate limits.
     """
+    with common.one_at_a_time("generation", "A reply is already being written in this tab.") as free:
+        if free:
+            _write_reply(previous)
+
+
+def _write_reply(previous: Message | None) -> None:
     run_settings = settings
     seed_offset = 1 + len(previous.alternatives) if previous else 0
     if seed_offset:
@@ -140,6 +154,10 @@ def generate_reply(previous: Message | None = None) -> None:
         )
     except PromptTooLong as exc:
         st.error(str(exc))
+        return
+    refused = common.admit_reply(len(prompt.ids), run_settings.max_new_tokens)
+    if refused:
+        st.warning(refused, icon="⏳")
         return
     trace = new_trace(lm, prompt.ids, prompt.spans, run_settings)
     trace.notices.extend(prompt.notices)
@@ -179,6 +197,7 @@ def generate_reply(previous: Message | None = None) -> None:
                     shown.markdown(markdown_safe(reply.content))
             finally:
                 reply.content = trace.text
+                common.charge_reply(len(prompt.ids), len(trace.steps))
         stop_slot.empty()
         footer(reply)
         explain_controls(reply)
@@ -234,6 +253,12 @@ if st.session_state.get(PENDING) and history[-1].role == "user":
     generate_reply(st.session_state.pop("chat.previous_take", None))
     if unsaved and persist.conversation_id() is not None:
         st.rerun()  # this reply created the conversation: the sidebar, drawn before, now lists it
+
+if history[-1].role == "user" and not readonly and not st.session_state.get(PENDING):
+    # the reply was refused (a rate limit, a prompt too long) or cut before it began: ask again
+    if st.button("▶ Write the reply now", key="chat.retry"):
+        st.session_state[PENDING] = True
+        st.rerun()
 
 controls = st.columns(3)
 can_regenerate = len(history) > 1 and history[-1].role == "assistant" and not readonly

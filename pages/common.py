@@ -14,11 +14,13 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 
 import streamlit as st
+from streamlit.runtime.scriptrunner_utils.script_run_context import get_script_run_ctx
 
 from core import hub
 from core.conversation import Message, reply_number
 from core.cores import fit_torch_threads
 from core.generation import warm_up
+from core.limits import Activity, Limits, RateLimiter, limits_from, wait_message
 from core.memory import give_back_freed_memory
 from core.models import ENV_MODEL, LoadedModel, ModelUnavailable, load_chat_model, load_embedder
 from core.runner import reporting, runner_for
@@ -473,10 +475,74 @@ def reply_picker(key: str) -> ReplyRef | None:
 
 def model_badge(lm: LoadedModel) -> None:
     """Sidebar: which model, how big, where from, and that it runs here on the CPU."""
+    shared = public_limits()
     st.sidebar.caption(
         f"**{lm.name}** · {lm.n_params / 1e6:.0f}M parameters · runs locally on the CPU  \n"
         f"Source: {lm.public_source}"
+        + (
+            f"  \nShared app: each visitor may have the model write {shared.tokens_per_minute:,} tokens "
+            f"and read {shared.prompt_tokens_per_minute:,} prompt tokens a minute."
+            if shared.public
+            else ""
+        )
     )
+
+
+# -- a public deployment: per-session limits (core/limits.py) -------------------------------------
+@st.cache_resource(show_spinner=False)
+def _meters() -> tuple[RateLimiter, Activity]:
+    return RateLimiter(), Activity()
+
+
+def public_limits() -> Limits:
+    return limits_from(config)
+
+
+def _session() -> str:
+    ctx = get_script_run_ctx()
+    return ctx.session_id if ctx is not None else "bare"
+
+
+def admit_reply(prompt_tokens: int, max_new_tokens: int) -> str | None:
+    """None when this session may have a reply written now; else why not, and how long to wait."""
+    shared = public_limits()
+    if not shared.public:
+        return None
+    meter, _ = _meters()
+    who = _session()
+    wait = meter.wait_for(who, "read", prompt_tokens, shared.prompt_tokens_per_minute)
+    if wait > 0:
+        return wait_message("read", shared.prompt_tokens_per_minute, wait)
+    wait = meter.wait_for(who, "written", max_new_tokens, shared.tokens_per_minute)
+    if wait > 0:
+        return wait_message("write", shared.tokens_per_minute, wait)
+    return None
+
+
+def charge_reply(prompt_tokens: int, written: int) -> None:
+    if public_limits().public:
+        meter, _ = _meters()
+        meter.charge(_session(), "read", prompt_tokens)
+        meter.charge(_session(), "written", written)
+
+
+@contextmanager
+def one_at_a_time(kind: str, busy: str) -> Iterator[bool]:
+    """On a public deployment, at most one `kind` ("generation", "pass") per session at a time:
+    yields False (after showing `busy`) when one is already running."""
+    if not public_limits().public:
+        yield True
+        return
+    _, running = _meters()
+    who = _session()
+    if not running.begin(who, kind):
+        st.warning(busy, icon="⏳")
+        yield False
+        return
+    try:
+        yield True
+    finally:
+        running.end(who, kind)
 
 
 @contextmanager
@@ -493,7 +559,15 @@ def model_pass(label: str) -> Iterator[None]:
         bar.progress(i / max(n, 1), text=f"{label} layer {i + 1} of {n}")
 
     try:
-        with st.spinner(label), reporting(on_layer):
+        with (
+            one_at_a_time(
+                "pass", "An explanation is already being computed for this tab; it shows here when done."
+            ) as free,
+            st.spinner(label),
+            reporting(on_layer),
+        ):
+            if not free:
+                st.stop()
             yield
     finally:
         bar.empty()

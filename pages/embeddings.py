@@ -15,6 +15,7 @@ VIEW_NAMES = dict(zip(("tokens", "nearest", "analogy", "conversation", "text"), 
 VIEW = "embeddings.view"
 MAX_TOKENS = 60  # tokens per heatmap; longer messages get a window slider
 MAX_UNITS = 60  # messages or sentences per conversation heatmap
+MAX_FREE_CHARS = 6_000  # the free-text box: 60 sentences of 100 characters
 FREE_TEXT = "The cat sat on the mat.\nA kitten rests on a rug.\nStock prices fell sharply today."
 
 lm = common.chat_model()
@@ -237,7 +238,14 @@ def conversation_view() -> None:
 
 
 def free_text_view() -> None:
-    text = st.text_area("One sentence per line (two or more)", FREE_TEXT, key="embeddings.free", height=140)
+    text = st.text_area(
+        "One sentence per line (two or more)",
+        FREE_TEXT,
+        key="embeddings.free",
+        height=140,
+        max_chars=MAX_FREE_CHARS,
+        help=f"Up to {MAX_UNITS} sentences and {MAX_FREE_CHARS:,} characters.",
+    )
     lines = [line for line in text.splitlines() if line.strip()][:MAX_UNITS]
     if len(lines) < 2:
         st.info("Type at least two sentences, one per line.")

@@ -173,7 +173,7 @@ def _any_hub_id(current: str | None) -> str | None:
             current if _option(current) == ANY else ""
         )
     sb = st.sidebar
-    text = sb.text_input("Hub id", key=CUSTOM, placeholder="owner/name, e.g. Qwen/Qwen3-0.6B")
+    text = sb.text_input("Hub id", key=CUSTOM, placeholder="owner/name, e.g. Qwen/Qwen3-0.6B", max_chars=120)
     if sb.button("Download and use", key="model.use_id"):
         try:
             st.session_state[TARGET] = hub.check_repo_id(text)
