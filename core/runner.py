@@ -24,6 +24,7 @@ from __future__ import annotations
 import contextvars
 import importlib
 import threading
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -117,7 +118,25 @@ def facts_of(config: Any, context_length: int | None = None) -> ModelFacts:
 class _Recording:
     layers: set[int]  # record these layers; stop the pass after the last of them
     rows: torch.Tensor  # (R,) query positions
-    weights: dict[int, torch.Tensor] = field(default_factory=dict)  # layer -> (heads, R, T)
+    weights: dict[int, torch.Tensor] = field(default_factory=dict)  # layer -> (heads, R, T), at the end
+    # the block being run (a long input runs in blocks, each reading the keys cached before it):
+    which: torch.Tensor | None = None  # indices into rows of the rows inside this block
+    local: torch.Tensor | None = None  # those rows' positions within the block
+    parts: dict[int, list[tuple[torch.Tensor, torch.Tensor]]] = field(default_factory=dict)
+
+    def block(self, start: int, end: int) -> None:
+        inside = (self.rows >= start) & (self.rows < end)
+        self.which = inside.nonzero().flatten()
+        self.local = self.rows[self.which] - start
+
+    def assemble(self, T: int) -> None:
+        """Each layer's parts (rows of one block, keys up to its end) into (heads, R, T)."""
+        for layer, parts in self.parts.items():
+            heads = parts[0][1].shape[0]
+            out = torch.zeros(heads, len(self.rows), T)
+            for which, w in parts:
+                out[:, which, : w.shape[-1]] = w
+            self.weights[layer] = out
 
 
 _RECORDING: contextvars.ContextVar[_Recording | None] = contextvars.ContextVar("glassbox_rows", default=None)
@@ -135,9 +154,10 @@ def _rows_attention(module, query, key, value, attention_mask, **kwargs):
     rec = _RECORDING.get()
     layer = getattr(module, "layer_idx", None)
     if rec is not None and layer in rec.layers:
-        mask = None if attention_mask is None else attention_mask[:, :, rec.rows]
-        _, weights = eager(module, query[:, :, rec.rows], key, value, mask, **kwargs)
-        rec.weights[layer] = weights[0].float()  # (heads, R, T)
+        if len(rec.local):
+            mask = None if attention_mask is None else attention_mask[:, :, rec.local]
+            _, weights = eager(module, query[:, :, rec.local], key, value, mask, **kwargs)
+            rec.parts.setdefault(layer, []).append((rec.which, weights[0].float()))  # (heads, r, keys)
         if layer == max(rec.layers):
             raise _Done
     if kwargs.get("softcap") is not None or kwargs.get("s_aux") is not None:
@@ -177,13 +197,15 @@ class _implementation:
 
 
 # -- long passes share the model ----------------------------------------------------------------
-Progress = Callable[[int, int], None]  # (layer about to run, 0-based; layers this pass runs)
+Progress = Callable[[float, str], None]  # (share of the pass done, "layer 12 of 30, tokens 1–512 of 8,000")
 _PROGRESS: contextvars.ContextVar[Progress | None] = contextvars.ContextVar("glassbox_progress", default=None)
+BLOCK_S = 0.08  # a long input runs in blocks sized so that one layer of a block takes about this long
+MIN_BLOCK, MAX_BLOCK, FIRST_BLOCK = 64, 4096, 512
 
 
 @contextmanager
 def reporting(progress: Progress) -> Iterator[None]:
-    """Within this block, this thread's model passes call progress(layer, layers) before each
+    """Within this block, this thread's model passes call progress(done, words) before each
     decoder layer. A page shows "layer 12 of 30" with it; an exception it raises (Streamlit's,
     when the visitor moved on) stops the pass there, the model lock released."""
     token = _PROGRESS.set(progress)
@@ -205,15 +227,18 @@ def decoder_layers(model: Any) -> list[torch.nn.Module]:
 
 class _sharing:
     """For one pass of the model (the caller holds its lock): before each decoder layer, report
-    progress and hand the model to whoever waits for it (core/fairlock.py), so that no pass
-    holds it for longer than one layer while a chat waits. The attention implementation the
-    pass switched to is put back while the other holder runs, and set again after.
+    progress and hand the model to whoever waits for it (core/fairlock.py). With the input run
+    in blocks (Runner._blocks), no pass holds the model for longer than one layer of one block
+    (about BLOCK_S) while a chat waits. The attention implementation the pass switched to is
+    put back while the other holder runs, and set again after.
 
     Enter it before _implementation, so it knows the implementation to put back.
     """
 
-    def __init__(self, runner: Runner, layers: int | None = None) -> None:
-        self.runner, self.layers = runner, layers
+    def __init__(self, runner: Runner, T: int, layers: int | None = None) -> None:
+        self.runner, self.T, self.layers = runner, T, layers
+        self.span = (0, T)  # the block running now (Runner._blocks moves it)
+        self.waited = 0.0  # seconds spent handing the model to others
 
     def __enter__(self) -> _sharing:
         model, lock = self.runner.model, self.runner.lm.lock
@@ -227,14 +252,20 @@ class _sharing:
                 if threading.get_ident() != me:
                     return  # another holder's pass through the same modules, while this one waits
                 if progress is not None:
-                    progress(i, total)
+                    start, end = self.span
+                    where = (
+                        "" if (start, end) == (0, self.T) else f", tokens {start + 1:,}–{end:,} of {self.T:,}"
+                    )
+                    progress((start + (end - start) * i / total) / self.T, f"layer {i + 1} of {total}{where}")
                 if lock.waiting():
                     mine = model.config._attn_implementation
                     model.set_attn_implementation(original)
+                    began = time.perf_counter()
                     try:
                         if lock.yield_turn():
                             torch.set_num_threads(threads)
                     finally:
+                        self.waited += time.perf_counter() - began
                         model.set_attn_implementation(mine)
 
             return hook
@@ -274,11 +305,58 @@ class Runner:
         Index 0 is the input embeddings (scaled as the model scales them), index L the output
         of block L; the last has the final norm applied (transformers' convention).
         """
-        with self.lm.lock, torch.inference_mode(), _sharing(self):
+        parts: list[tuple[torch.Tensor, ...]] = []
+
+        def run(block: list[int], cache: Any) -> None:
             out = self.model(
-                input_ids=torch.tensor([ids]), output_hidden_states=True, use_cache=False, logits_to_keep=1
+                input_ids=torch.tensor([block]),
+                cache=cache,
+                use_cache=cache is not None,
+                output_hidden_states=True,
+                logits_to_keep=1,
             )
-        return torch.stack([h[0] for h in out.hidden_states]).float()  # (layers+1, T, d)
+            parts.append(out.hidden_states)
+
+        with self.lm.lock, torch.inference_mode(), _sharing(self, len(ids)) as share:
+            self._blocks(ids, share, self.facts.n_layers, run)
+        return torch.cat(
+            [torch.stack([h[0] for h in states]) for states in parts], dim=1
+        ).float()  # (layers+1, T, d)
+
+    def _blocks(
+        self,
+        ids: list[int],
+        share: _sharing,
+        layers: int,
+        run: Callable[[list[int], Any], None],
+        block: int | None = None,
+    ) -> None:
+        """Run the model over ids (the caller holds the lock and `share`): a short input at once,
+        a long one in blocks that each read the keys and values cached before them, sized as it
+        goes so that one layer of a block takes about BLOCK_S on this machine. Then a chat waits
+        at most about that long for its turn (_sharing hands over between two layers).
+
+        block: a fixed block size (the self-check proves the blocks give the same numbers).
+        Not for sliding-window models (their cache keeps only the window): those run at once.
+        """
+        T = len(ids)
+        if self.facts.sliding_layers or (block is None and T <= FIRST_BLOCK):
+            share.span = (0, T)
+            run(ids, None)
+            return
+        from transformers import DynamicCache
+
+        cache = DynamicCache(config=self.model.config)
+        start, size = 0, block or FIRST_BLOCK
+        while start < T:
+            end = min(T, start + size)
+            share.span = (start, end)
+            began, waited = time.perf_counter(), share.waited
+            run(ids[start:end], cache)
+            if block is None:  # the time of one layer, not counting turns handed to others
+                per_layer = (time.perf_counter() - began - (share.waited - waited)) / max(layers, 1)
+                size = int(min(MAX_BLOCK, max(MIN_BLOCK, size * BLOCK_S / max(per_layer, 1e-6))))
+            start = end
 
     def final_norm(self) -> torch.nn.Module:
         """The norm before the unembedding (the decoder's last module)."""
@@ -332,26 +410,44 @@ class Runner:
             return self._rows_pass(ids, {layer}, rows)[layer]
         return self.eager_attention(ids)[layer][:, rows]
 
-    def _rows_pass(self, ids: list[int], layers: set[int], rows: torch.Tensor) -> dict[int, torch.Tensor]:
-        return self._record(ids, _Recording(layers, rows))
+    def _rows_pass(
+        self, ids: list[int], layers: set[int], rows: torch.Tensor, block: int | None = None
+    ) -> dict[int, torch.Tensor]:
+        return self._record(ids, _Recording(layers, rows), block)
 
-    def _record(self, ids: list[int], rec: _Recording) -> dict[int, torch.Tensor]:
-        """One forward pass with the rows attention function recording rec's layers."""
+    def _record(self, ids: list[int], rec: _Recording, block: int | None = None) -> dict[int, torch.Tensor]:
+        """One forward pass (in blocks, for a long input) with the rows attention function
+        recording rec's layers."""
+        if not len(rec.rows):
+            return {layer: torch.zeros(self.facts.n_heads, 0, len(ids)) for layer in rec.layers}
         _register()
         token = _RECORDING.set(rec)
+        last = max(rec.layers) + 1
+
+        def run(part: list[int], cache: Any) -> None:
+            start = 0 if cache is None else cache.get_seq_length()
+            rec.block(start, start + len(part))
+            try:
+                self.model(
+                    input_ids=torch.tensor([part]),
+                    cache=cache,
+                    use_cache=cache is not None,
+                    logits_to_keep=1,
+                )
+            except _Done:
+                pass
+
         try:
             with (
                 self.lm.lock,
                 torch.inference_mode(),
-                _sharing(self, max(rec.layers) + 1),
+                _sharing(self, len(ids), last) as share,
                 _implementation(self.model, ATTENTION_IMPL),
             ):
-                try:
-                    self.model(input_ids=torch.tensor([ids]), use_cache=False, logits_to_keep=1)
-                except _Done:
-                    pass
+                self._blocks(ids, share, last, run, block)
         finally:
             _RECORDING.reset(token)
+        rec.assemble(len(ids))
         if set(rec.weights) != rec.layers:
             raise RuntimeError(f"layers {sorted(rec.layers - set(rec.weights))} were not reached")
         return rec.weights
@@ -362,7 +458,12 @@ class Runner:
         The reference: the model's own weights, as transformers computes them. Memory grows
         with layers x heads x T^2: for short inputs, or as the fallback for one layer.
         """
-        with self.lm.lock, torch.inference_mode(), _sharing(self), _implementation(self.model, "eager"):
+        with (
+            self.lm.lock,
+            torch.inference_mode(),
+            _sharing(self, len(ids)),
+            _implementation(self.model, "eager"),
+        ):
             out = self.model(
                 input_ids=torch.tensor([ids]), output_attentions=True, use_cache=False, logits_to_keep=1
             )
@@ -380,7 +481,11 @@ class Runner:
                 try:
                     ref = self.eager_attention(ids)
                     got = self._rows_pass(ids, layers, rows)
-                    worst = max(float((ref[i][:, rows] - got[i]).abs().max()) for i in layers)
+                    # and in blocks, as a long input runs: the cached keys give the same numbers
+                    blocks = self._rows_pass(ids, layers, rows, block=len(ids) // 3)
+                    worst = max(
+                        float((ref[i][:, rows] - w[i]).abs().max()) for i in layers for w in (got, blocks)
+                    )
                 except Exception:  # noqa: BLE001 - a model whose attention code we cannot hook
                     worst = float("inf")
                 self.check_error = worst

@@ -23,6 +23,7 @@ from core.generation import warm_up
 from core.limits import Activity, Limits, RateLimiter, limits_from, wait_message
 from core.memory import give_back_freed_memory
 from core.models import ENV_MODEL, LoadedModel, ModelUnavailable, load_chat_model, load_embedder
+from core.redact import scrub
 from core.runner import reporting, runner_for
 from core.settings import DEFAULT_CONTEXT_BUDGET, DEFAULT_SYSTEM_PROMPT, SamplingSettings
 from core.trace import Trace
@@ -111,7 +112,7 @@ def chat_model(full: bool = True) -> LoadedModel:
         except ModelNotHere as exc:
             st.session_state.pop(CHOICE, None)
             st.warning(
-                f"{hub.display_name(choice)} cannot be used now: {exc}. "
+                f"{hub.display_name(choice)} cannot be used now: {scrub(str(exc))}. "
                 f"The chat uses {default_model(full=False).name} again."
             )
         else:
@@ -162,7 +163,7 @@ def _wait_for_layers(lm: LoadedModel) -> None:
         log.warning("background model load failed", exc_info=True)
         st.error(
             "The model's layers for the explanations could not be loaded, so this page cannot "
-            f"be shown. The chat and the conversation are not affected.\n\nReason: {exc}"
+            f"be shown. The chat and the conversation are not affected.\n\nReason: {scrub(str(exc))}"
         )
         if st.button("Load the model again", icon="🔄"):
             _chat_model.clear()  # the next run loads it afresh; the conversation stays in the session
@@ -242,7 +243,7 @@ def _load_extra(source: str) -> LoadedModel:
         try:
             need, budget = hub.folder_need_gb(folder), extra_budget_gb()
         except (OSError, ValueError, KeyError, TypeError) as exc:
-            raise ModelNotHere(f"its files could not be read ({exc})") from exc
+            raise ModelNotHere(f"its files could not be read ({scrub(str(exc))})") from exc
         if need > budget:
             raise ModelNotHere(
                 f"it needs about {need:.1f} GB of memory to load, and this server has {budget:.1f} GB free for it"
@@ -555,8 +556,8 @@ def model_pass(label: str) -> Iterator[None]:
     """
     bar = st.progress(0.0, text=label)
 
-    def on_layer(i: int, n: int) -> None:
-        bar.progress(i / max(n, 1), text=f"{label} layer {i + 1} of {n}")
+    def on_layer(done: float, words: str) -> None:
+        bar.progress(min(max(done, 0.0), 1.0), text=f"{label} {words}")
 
     try:
         with (

@@ -17,6 +17,7 @@ from pathlib import Path
 import streamlit as st
 
 from core import hub
+from core.redact import scrub
 from pages import common
 
 SELECT = "model.select"  # the selectbox: DEFAULT, a known hub id, or ANY
@@ -55,10 +56,10 @@ class Download:
         except hub.DownloadCancelled:
             self.cancelled = True
         except hub.HubError as exc:
-            self.error = str(exc)
+            self.error = scrub(str(exc))
         except Exception as exc:  # noqa: BLE001 - shown to the visitor as a sentence, logged in full
             log.warning("download of %s failed", self.repo_id, exc_info=True)
-            self.error = f"The download of {hub.display_name(self.repo_id)} failed: {exc}"
+            self.error = f"The download of {hub.display_name(self.repo_id)} failed: {scrub(str(exc))}"
 
     def _seen(self, progress: hub.DownloadProgress) -> None:
         self.progress = progress
@@ -178,7 +179,7 @@ def _any_hub_id(current: str | None) -> str | None:
         try:
             st.session_state[TARGET] = hub.check_repo_id(text)
         except hub.HubError as exc:
-            sb.error(str(exc))
+            sb.error(scrub(str(exc)))
             st.session_state.pop(TARGET, None)
     return st.session_state.get(TARGET)
 
@@ -227,7 +228,7 @@ def _finish(job: Download) -> None:
                 common.switch_to(job.repo_id)
                 box.update(label=f"{name} is loaded", state="complete")
         except common.ModelNotHere as exc:
-            st.session_state[NOTE] = ("error", f"{name} cannot be used: {exc}.")
+            st.session_state[NOTE] = ("error", f"{name} cannot be used: {scrub(str(exc))}.")
             st.session_state[REVERT] = True
         else:
             st.session_state[NOTE] = ("success", f"{name} is loaded: the next reply comes from it.")

@@ -81,35 +81,51 @@ def test_yield_turn_hands_over_only_to_who_may_go_first():
 
 
 def test_a_long_pass_lets_a_waiting_chat_in_between_two_layers_and_reports_progress(lm):
-    """A chat reply started while a hidden-states pass runs gets its first token before the pass
-    ends, and the pass's numbers are exactly those of an undisturbed pass."""
+    """A chat reply started while a hidden-states pass runs is written between two of the pass's
+    layers, not after its end, and the pass's numbers are exactly those of an undisturbed pass."""
     runner = runner_for(lm)
     ids = lm.tokenizer("The quick brown fox jumps over the lazy dog. " * 60)["input_ids"]
     alone = runner.hidden_states(ids)
-    seen: list[tuple[int, int]] = []
-    reply = new_trace(lm, lm.tokenizer("Hi")["input_ids"], [], SamplingSettings(temperature=0, max_new_tokens=4))
+    said: list[tuple[float, str]] = []
+    steps_at: list[int] = []
+    threads: list[threading.Thread] = []
+    reply = new_trace(
+        lm, lm.tokenizer("Hi")["input_ids"], [], SamplingSettings(temperature=0, max_new_tokens=4)
+    )
 
-    steps_at: dict[int, int] = {}
-
-    def on_layer(i: int, n: int) -> None:
-        seen.append((i, n))
-        steps_at[i] = len(reply.steps)
-        if i == 3:  # the chat arrives while the pass runs; wait until it queues
-            chat = _start(lambda: generate(lm, reply))
-            threads.append(chat)
+    def on_layer(done: float, words: str) -> None:
+        said.append((done, words))
+        steps_at.append(len(reply.steps))
+        if len(said) == 4:  # the chat arrives while the pass runs; wait until it queues
+            threads.append(_start(lambda: generate(lm, reply)))
             _until(lambda: lm.lock.waiting() == 1)
 
-    threads: list[threading.Thread] = []
     with reporting(on_layer):
         shared = runner.hidden_states(ids)
     threads[0].join(30)
-    n = runner.facts.n_layers
-    assert seen == [(i, n) for i in range(n)]
-    # the whole reply was written between layers 3 and 4 of the pass, not after its end
+    n, T = runner.facts.n_layers, len(ids)
+    assert said[0] == (0.0, f"layer 1 of {n}, tokens 1–512 of {T:,}")  # a long input runs in blocks
+    assert said[n][1].startswith(f"layer 1 of {n}, tokens 513–")
+    assert [d for d, _ in said] == sorted(d for d, _ in said) and said[-1][0] < 1.0
+    # the whole reply was written between two layers of the pass, not after its end
     assert steps_at[3] == 0 and steps_at[4] == len(reply.steps) > 0
     assert reply.finish_reason in ("length", "eos")
     assert torch.equal(shared, alone)
     assert not lm.lock.locked()
+
+
+def test_blocks_give_the_numbers_of_one_whole_pass(lm):
+    runner = runner_for(lm)
+    ids = lm.tokenizer("Paris is the capital of France, and Rome is the capital of Italy. " * 50)["input_ids"]
+    assert len(ids) > 600
+    with lm.lock, torch.inference_mode():
+        whole = lm.model(input_ids=torch.tensor([ids]), output_hidden_states=True, use_cache=False)
+    reference = torch.stack([h[0] for h in whole.hidden_states]).float()
+    assert torch.allclose(runner.hidden_states(ids), reference, atol=1e-4, rtol=1e-4)
+    rows = torch.tensor([0, 300, 511, 512, len(ids) - 1])
+    eager = runner.eager_attention(ids)[5][:, rows]
+    assert torch.allclose(runner.attention_rows(ids, 5, rows), eager, atol=1e-5)
+    assert runner.attention_exact is True  # the self-check ran the blocks too
 
 
 class MovedOn(BaseException):
@@ -119,8 +135,8 @@ class MovedOn(BaseException):
 def test_a_pass_stopped_by_its_progress_callback_releases_the_model(lm):
     runner = runner_for(lm)
 
-    def stop(i: int, n: int) -> None:
-        if i == 2:
+    def stop(done: float, words: str) -> None:
+        if words.startswith("layer 3 "):
             raise MovedOn
 
     with pytest.raises(MovedOn), reporting(stop):
@@ -128,3 +144,17 @@ def test_a_pass_stopped_by_its_progress_callback_releases_the_model(lm):
     assert not lm.lock.locked()
     assert lm.model.config._attn_implementation != "glassbox_rows"  # put back
     assert runner.attention_rows(lm.tokenizer("one two")["input_ids"], 0, [1]).shape[1] == 1  # still works
+
+
+def test_a_pass_that_waited_too_long_goes_in_turn_with_the_chats():
+    lock = FairLock(patience_s=0.2)
+    lock.acquire(kind=CHAT)
+    ran = []
+    passing = _start(lambda: (lock.acquire(kind=PASS), ran.append("pass"), lock.release()))
+    _until(lambda: lock.waiting() == 1)
+    assert lock.yield_turn() is False  # a chat does not stop for a pass that just came
+    time.sleep(0.25)
+    assert lock.waiting(before=CHAT) == 1  # now it counts as a chat
+    assert lock.yield_turn() is True and ran == ["pass"]
+    lock.release()
+    passing.join(5)

