@@ -548,13 +548,13 @@ def one_at_a_time(kind: str, busy: str) -> Iterator[bool]:
 
 @contextmanager
 def model_pass(label: str) -> Iterator[None]:
-    """A spinner and a progress bar ("layer 12 of 30") over a pass of the model.
+    """A progress bar ("layer 12 of 30, tokens 1–512 of 7,551") over a pass of the model.
 
     The pass hands the model to a waiting chat between two layers (core/fairlock.py). And it
     stops at the next layer when the visitor moves on: the bar's update is a Streamlit call,
     where Streamlit stops a run that was asked to rerun or stop, the model lock released.
     """
-    bar = st.progress(0.0, text=label)
+    bar = st.progress(0.0, text=f"{label} starting…")
 
     def on_layer(done: float, words: str) -> None:
         bar.progress(min(max(done, 0.0), 1.0), text=f"{label} {words}")
@@ -564,7 +564,6 @@ def model_pass(label: str) -> Iterator[None]:
             one_at_a_time(
                 "pass", "An explanation is already being computed for this tab; it shows here when done."
             ) as free,
-            st.spinner(label),
             reporting(on_layer),
         ):
             if not free:
