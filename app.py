@@ -14,6 +14,7 @@ HERE = Path(__file__).parent
 PAGES = [
     ("pages/chat.py", "Chat", "💬"),
     ("pages/candidates.py", "Next-word candidates", "🎲"),
+    ("pages/why.py", "Why this word?", "🔎"),
     ("pages/tokens.py", "Tokenization", "🧩"),
     ("pages/embeddings.py", "Embeddings", "🧭"),
     ("pages/attention.py", "Attention", "👀"),

@@ -247,6 +247,21 @@ class _sharing:
         blocks = decoder_layers(model)
         total = len(blocks) if self.layers is None else min(self.layers, len(blocks))
 
+        def hand_over() -> None:
+            mine = model.config._attn_implementation
+            model.set_attn_implementation(original)
+            began = time.perf_counter()
+            try:
+                if lock.yield_turn():
+                    torch.set_num_threads(threads)
+            finally:
+                self.waited += time.perf_counter() - began
+                model.set_attn_implementation(mine)
+
+        def backward(_module: Any, _grads: Any) -> None:  # an attribution's backward pass, layer by layer
+            if threading.get_ident() == me and lock.waiting():
+                hand_over()
+
         def before(i: int) -> Callable[..., None]:
             def hook(_module: Any, _args: Any) -> None:
                 if threading.get_ident() != me:
@@ -258,24 +273,35 @@ class _sharing:
                     )
                     progress((start + (end - start) * i / total) / self.T, f"layer {i + 1} of {total}{where}")
                 if lock.waiting():
-                    mine = model.config._attn_implementation
-                    model.set_attn_implementation(original)
-                    began = time.perf_counter()
-                    try:
-                        if lock.yield_turn():
-                            torch.set_num_threads(threads)
-                    finally:
-                        self.waited += time.perf_counter() - began
-                        model.set_attn_implementation(mine)
+                    hand_over()
 
             return hook
 
         self.handles = [block.register_forward_pre_hook(before(i)) for i, block in enumerate(blocks[:total])]
+        if torch.is_grad_enabled() and not torch.is_inference_mode_enabled():
+            self.handles += [block.register_full_backward_pre_hook(backward) for block in blocks[:total]]
         return self
 
     def __exit__(self, *exc: object) -> None:
         for handle in self.handles:
             handle.remove()
+
+
+class _frozen:
+    """The model's weights need no gradient for an attribution (only its inputs do): not
+    tracking them saves the memory and time of their gradients. Put back on exit."""
+
+    def __init__(self, model: Any) -> None:
+        self.model = model
+
+    def __enter__(self) -> None:
+        self.saved = [(p, p.requires_grad) for p in self.model.parameters()]
+        for p, _ in self.saved:
+            p.requires_grad_(False)
+
+    def __exit__(self, *exc: object) -> None:
+        for p, flag in self.saved:
+            p.requires_grad_(flag)
 
 
 # -- the runner ---------------------------------------------------------------------------------
@@ -395,6 +421,67 @@ class Runner:
         """The input vectors the first layer reads for ids: (T, d), scaling included."""
         with torch.inference_mode():
             return self.model.get_input_embeddings()(torch.tensor(ids)).float()
+
+    # -- gradients, for attribution ------------------------------------------------------------
+    def input_gradients(
+        self,
+        ids: list[int],
+        target: int,
+        contrast: int | None = None,
+        alphas: list[float] | tuple[float, ...] = (1.0,),
+        batch: int = 4,
+        on_chunk: Callable[[int, int], None] | None = None,
+        baseline: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The gradient of f = the next-token logit of `target` (minus that of `contrast`) with
+        respect to the input vectors the model read for ids (template tokens included, scaled
+        as the model scales them), at those vectors times each alpha: 1.0 is the real input,
+        integrated gradients walks from 0 to 1. baseline (d,) or (T, d): the point alpha = 0
+        (None: all-zero vectors); the input is then baseline + alpha * (vectors - baseline).
+
+        -> (vectors (T, d), gradients (len(alphas), T, d), f at each alpha (len(alphas),)).
+        Runs up to `batch` alphas per pass (fewer for a long context, so that a backward pass
+        layer stays short: a waiting chat gets the model between two layers, forwards and
+        backwards); on_chunk(done, total) after each pass (a page's progress).
+        """
+        with torch.no_grad():
+            vectors = self.model.get_input_embeddings()(torch.tensor(ids)).float()  # (T, d)
+        grads: list[torch.Tensor] = []
+        values: list[torch.Tensor] = []
+        scales = torch.tensor(list(alphas), dtype=torch.float32)
+        dtype = next(self.model.parameters()).dtype
+        batch = max(1, min(batch, 1024 // max(len(ids), 1)))  # a long context: one point a pass
+        with self.lm.lock, torch.enable_grad(), _sharing(self, len(ids)), _frozen(self.model):
+            for start in range(0, len(scales), batch):
+                part = scales[start : start + batch]
+                start_at = torch.zeros_like(vectors) if baseline is None else baseline.expand_as(vectors)
+                x = (
+                    (start_at[None] + part[:, None, None] * (vectors - start_at)[None])
+                    .to(dtype)
+                    .requires_grad_(True)
+                )
+                with torch.enable_grad():
+                    logits = (
+                        self.model(inputs_embeds=x, use_cache=False, logits_to_keep=1).logits[:, -1].float()
+                    )
+                    f = logits[:, target] - (logits[:, contrast] if contrast is not None else 0.0)
+                    (g,) = torch.autograd.grad(f.sum(), x)
+                grads.append(g.float())
+                values.append(f.detach())
+                if on_chunk is not None:
+                    on_chunk(min(start + batch, len(scales)), len(scales))
+        return vectors, torch.cat(grads), torch.cat(values)
+
+    def next_token_probs(self, ids: list[int], zeroed: list[int] | None = None) -> torch.Tensor:
+        """The next-token distribution after ids, with the input vectors at `zeroed` set to 0
+        (a deletion, for the faithfulness of an attribution): (vocab,)."""
+        with torch.no_grad():
+            vectors = self.model.get_input_embeddings()(torch.tensor(ids)).clone()
+            if zeroed:
+                vectors[list(zeroed)] = 0.0
+        with self.lm.lock, torch.inference_mode(), _sharing(self, len(ids)):
+            logits = self.model(inputs_embeds=vectors[None], use_cache=False, logits_to_keep=1).logits[0, -1]
+        return torch.softmax(logits.float(), -1)
 
     # -- attention ---------------------------------------------------------------------------
     def attention_rows(self, ids: list[int], layer: int, rows: list[int] | torch.Tensor) -> torch.Tensor:

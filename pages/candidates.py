@@ -88,10 +88,18 @@ def step_view(trace: Trace, i: int) -> int:
     st.markdown("**The reply so far** (the red outline is this step's token)")
     st.html(chips(reply_chips(tok, trace, marked=i, upto=i + 1), probability_legend()))
     before = readable(tok, trace.full_ids[len(trace.prompt_ids) + i - 1])  # the position that chose it
-    a, b = st.columns(2)
+    a, b, c = st.columns(3)
     with a:
         links.page_link(
             "pages/walkthrough.py", "Walk this step through the model", "🚶", reply=trace.trace_id, step=i
+        )
+    with c:
+        links.page_link(
+            "pages/why.py",
+            f"Why {readable(tok, step.token_id)}? Which tokens pushed it",
+            "🔎",
+            reply=trace.trace_id,
+            step=i,
         )
     with b:
         links.page_link(

@@ -12,6 +12,7 @@ import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import Any
 
 import streamlit as st
 from streamlit.runtime.scriptrunner_utils.script_run_context import get_script_run_ctx
@@ -26,6 +27,7 @@ from core.models import ENV_MODEL, LoadedModel, ModelUnavailable, load_chat_mode
 from core.redact import scrub
 from core.runner import reporting, runner_for
 from core.settings import DEFAULT_CONTEXT_BUDGET, DEFAULT_SYSTEM_PROMPT, SamplingSettings
+from core.tokens import readable
 from core.trace import Trace
 from pages.storage import setting
 
@@ -571,3 +573,25 @@ def model_pass(label: str) -> Iterator[None]:
             yield
     finally:
         bar.empty()
+
+
+def step_picker(trace: Trace, key: str, tokenizer: Any) -> int:
+    """Which step of the reply: ?step=<n> (0-based) when a link brings one, else the reader's choice.
+
+    key: the page's own session-state key, shared by every reply (a reply switch keeps the step,
+    within the new reply's length)."""
+    from pages import links  # a sibling module of pages
+
+    n = len(trace.steps)
+    links.url_value("step", key, int, range(n).__contains__)
+    st.session_state[key] = min(max(int(st.session_state.get(key, 0)), 0), n - 1)
+    if n > 1:
+        st.select_slider(
+            f"Step: which of the reply's {n} tokens to follow",
+            options=list(range(n)),
+            format_func=lambda i: f"{i + 1}: {readable(tokenizer, trace.steps[i].token_id)}",
+            key=key,
+        )
+    step = int(st.session_state[key])
+    links.set_url(step=step)
+    return step

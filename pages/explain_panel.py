@@ -23,6 +23,7 @@ from pages import common
 ROOT = Path(__file__).resolve().parent.parent
 EXPLAIN_PAGES = [
     ("pages/candidates.py", "Next-word candidates", "🎲"),
+    ("pages/why.py", "Why this word?", "🔎"),
     ("pages/tokens.py", "Tokenization", "🧩"),
     ("pages/attention.py", "Attention", "👀"),
     ("pages/embeddings.py", "Embeddings", "🧭"),

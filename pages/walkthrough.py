@@ -38,24 +38,6 @@ def link(page: str, label: str, trace: Trace, step: int, **more: object) -> None
         links.page_link(page, label, "➡️", reply=trace.trace_id, step=step, **more)
 
 
-def step_picker(trace: Trace, tokenizer) -> int:
-    """Which step to walk: ?step=<n> (0-based) when a link brings one, else the reader's choice."""
-    n = len(trace.steps)
-    links.url_value("step", STEP, int, range(n).__contains__)
-    # one key for every reply: a reply switch keeps the step, within the new reply's length
-    st.session_state[STEP] = min(max(int(st.session_state.get(STEP, 0)), 0), n - 1)
-    if n > 1:
-        st.select_slider(
-            f"Step: which of the reply's {n} tokens to follow",
-            options=list(range(n)),
-            format_func=lambda i: f"{i + 1}: {readable(tokenizer, trace.steps[i].token_id)}",
-            key=STEP,
-        )
-    step = int(st.session_state[STEP])
-    links.set_url(step=step)
-    return step
-
-
 def next_step(n: int) -> None:
     st.session_state[STEP] = min(st.session_state.get(STEP, 0) + 1, n - 1)
 
@@ -129,7 +111,7 @@ facts = runner_for(lm).facts
 if not trace.steps or not trace.steps[0].top_ids:
     st.info("This reply has no recorded steps to walk through. Pick another reply.")
     st.stop()
-step = step_picker(trace, lm.tokenizer)
+step = common.step_picker(trace, STEP, lm.tokenizer)
 links.copy_link(link_slot)
 chosen = trace.steps[step]
 with common.model_pass("Running the model over the context:"):

@@ -38,6 +38,7 @@ from tests.tiny_models import ARCHITECTURES
 MODELS = (*ARCHITECTURES, "smollm2")
 PAGES = {
     "candidates": "pages/candidates.py",
+    "why": "pages/why.py",
     "tokens": "pages/tokens.py",
     "embeddings": "pages/embeddings.py",
     "attention": "pages/attention.py",

@@ -158,3 +158,27 @@ def test_a_pass_that_waited_too_long_goes_in_turn_with_the_chats():
     assert lock.yield_turn() is True and ran == ["pass"]
     lock.release()
     passing.join(5)
+
+
+def test_a_chat_gets_the_model_during_an_attributions_backward_pass(lm):
+    """Once the forward pass of a gradient is over, the next turn a waiting chat can get is
+    between two layers of the backward pass, not after it."""
+    runner = runner_for(lm)
+    ids = lm.tokenizer("The quick brown fox jumps over the lazy dog. " * 60)["input_ids"]
+    reply = new_trace(lm, lm.tokenizer("Hi")["input_ids"], [], SamplingSettings(temperature=0, max_new_tokens=4))
+    events: list[str] = []
+    threads: list[threading.Thread] = []
+
+    def after_the_forward(_module, _args, _out) -> None:  # the final norm: no forward layer is left
+        threads.append(_start(lambda: (generate(lm, reply), events.append("chat"))))
+        _until(lambda: lm.lock.waiting() == 1)
+
+    handle = runner.final_norm().register_forward_hook(after_the_forward)
+    try:
+        runner.input_gradients(ids, ids[-1])
+    finally:
+        handle.remove()
+    events.append("gradient")
+    threads[0].join(30)
+    assert events == ["chat", "gradient"] and reply.steps
+    assert not lm.lock.locked()

@@ -199,6 +199,11 @@ def _size(n: float) -> str:
     return f"{n:.0f} bytes"
 
 
+def eager_fits(runner: Runner, T: int) -> bool:
+    """Whether every layer's whole attention over T tokens is small enough to hold at once."""
+    return _eager_bytes(runner, T) <= EAGER_LIMIT_BYTES
+
+
 def _guard(runner: Runner, T: int) -> None:
     """Where the rows pass failed its self-check: refuse an eager pass too large to hold, in a sentence."""
     if runner.self_check() or _eager_bytes(runner, T) <= EAGER_LIMIT_BYTES:
