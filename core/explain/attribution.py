@@ -47,9 +47,9 @@ METHODS = {
 }
 DISAGREE = (
     "The methods can disagree: gradient × input looks at the slope at the real input only, "
-    "integrated gradients follows the whole path from an empty input and shares out the full "
-    "logit, and attention rollout follows where attention went, which is not the same as what "
-    "changed the prediction."
+    "integrated gradients adds the slopes up along the whole way from a neutral input (every word "
+    "replaced by the end-of-turn token) to the real one, and attention rollout follows where "
+    "attention went, which is not the same as what changed the prediction."
 )
 
 
