@@ -165,7 +165,9 @@ def test_a_chat_gets_the_model_during_an_attributions_backward_pass(lm):
     between two layers of the backward pass, not after it."""
     runner = runner_for(lm)
     ids = lm.tokenizer("The quick brown fox jumps over the lazy dog. " * 60)["input_ids"]
-    reply = new_trace(lm, lm.tokenizer("Hi")["input_ids"], [], SamplingSettings(temperature=0, max_new_tokens=4))
+    reply = new_trace(
+        lm, lm.tokenizer("Hi")["input_ids"], [], SamplingSettings(temperature=0, max_new_tokens=4)
+    )
     events: list[str] = []
     threads: list[threading.Thread] = []
 
