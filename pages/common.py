@@ -595,3 +595,18 @@ def step_picker(trace: Trace, key: str, tokenizer: Any) -> int:
     step = int(st.session_state[key])
     links.set_url(step=step)
     return step
+
+
+def explained_reply(key: str, no_steps: str) -> tuple[Trace, LoadedModel]:
+    """The reply an explanation page explains (reply_picker) and the model that wrote it (the
+    chat may use another one now). Stops the page when there is none, or when it has no
+    recorded steps (`no_steps` says so)."""
+    ref = reply_picker(key)
+    if ref is None:
+        st.stop()
+    trace = ref.message.trace
+    lm = model_for(trace)
+    if not trace.steps or not trace.steps[0].top_ids:
+        st.info(no_steps)
+        st.stop()
+    return trace, lm

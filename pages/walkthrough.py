@@ -102,15 +102,10 @@ st.markdown(
     "Every number below comes from the model itself, computed for the step you pick."
 )
 link_slot = st.container()
-ref = common.reply_picker("walkthrough.reply")
-if ref is None:
-    st.stop()
-trace = ref.message.trace
-lm = common.model_for(trace)  # the model that wrote this reply (the chat may use another one now)
+trace, lm = common.explained_reply(
+    "walkthrough.reply", "This reply has no recorded steps to walk through. Pick another reply."
+)
 facts = runner_for(lm).facts
-if not trace.steps or not trace.steps[0].top_ids:
-    st.info("This reply has no recorded steps to walk through. Pick another reply.")
-    st.stop()
 step = common.step_picker(trace, STEP, lm.tokenizer)
 links.copy_link(link_slot)
 chosen = trace.steps[step]

@@ -57,15 +57,10 @@ st.caption(
     "prompt, every turn and the template tokens, exactly as it read them."
 )
 link_slot = st.container()
-ref = common.reply_picker("why.reply")
-if ref is None:
-    st.stop()
-trace = ref.message.trace
-lm = common.model_for(trace)
+trace, lm = common.explained_reply(
+    "why.reply", "This reply has no recorded steps, so there is nothing to explain."
+)
 tok = lm.tokenizer
-if not trace.steps:
-    st.info("This reply has no tokens yet, so there is nothing to explain.")
-    st.stop()
 step = common.step_picker(trace, STEP, tok)
 chosen = trace.steps[step]
 
