@@ -22,6 +22,7 @@ from __future__ import annotations
 import itertools
 import threading
 import time
+from collections.abc import Callable
 
 CHAT = 0  # a reply being written: short steps, a person watching each token
 PASS = 1  # an explanation pass, a warm-up, a background prefill: anything else
@@ -45,7 +46,15 @@ class FairLock:
         now = time.monotonic()
         return min(self._queue, key=lambda w: self._rank(w, now))
 
-    def acquire(self, blocking: bool = True, timeout: float = -1, kind: int = PASS) -> bool:
+    def acquire(
+        self,
+        blocking: bool = True,
+        timeout: float = -1,
+        kind: int = PASS,
+        cancel: Callable[[], bool] | None = None,
+    ) -> bool:
+        """As threading.Lock.acquire; kind: CHAT or PASS; cancel: checked while waiting (every
+        TICK_S), a True gives up like a timeout, without losing the place in line before that."""
         with self._cond:
             if self._held is None and not self._queue:
                 self._held = kind
@@ -57,7 +66,7 @@ class FairLock:
             deadline = None if timeout is None or timeout < 0 else time.monotonic() + timeout
             while self._held is not None or self._next() != me:
                 left = TICK_S if deadline is None else min(TICK_S, deadline - time.monotonic())
-                if left <= 0:
+                if left <= 0 or (cancel is not None and cancel()):
                     self._queue.remove(me)
                     self._cond.notify_all()  # the next in line may be free to go now
                     return False

@@ -109,10 +109,10 @@ def stream(
     if not lm.lock.acquire(blocking=False, kind=CHAT):
         if on_wait:
             on_wait()
-        while not lm.lock.acquire(timeout=0.1, kind=CHAT):
-            if stop is not None and stop.is_set():
-                trace.finish_reason = "stopped"
-                return
+        # one place in line, kept until the model is free or the reply is stopped while it waits
+        if not lm.lock.acquire(kind=CHAT, cancel=lambda: stop is not None and stop.is_set()):
+            trace.finish_reason = "stopped"
+            return
     RUNNING.add(trace.trace_id)
     try:
         threads = torch.get_num_threads()

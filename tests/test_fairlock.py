@@ -184,3 +184,18 @@ def test_a_chat_gets_the_model_during_an_attributions_backward_pass(lm):
     threads[0].join(30)
     assert events == ["chat", "gradient"] and reply.steps
     assert not lm.lock.locked()
+
+
+def test_a_waiter_can_give_up_without_losing_its_place_before():
+    lock = FairLock()
+    lock.acquire()
+    stop = threading.Event()
+    got: list[bool] = []
+    waiter = _start(lambda: got.append(lock.acquire(kind=CHAT, cancel=stop.is_set)))
+    _until(lambda: lock.waiting() == 1)
+    time.sleep(0.2)
+    assert lock.waiting() == 1  # still in line after several ticks
+    stop.set()
+    waiter.join(5)
+    assert got == [False] and lock.waiting() == 0
+    lock.release()
