@@ -9,8 +9,8 @@ from __future__ import annotations
 import gc
 import logging
 import threading
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from typing import Any
 
@@ -549,16 +549,19 @@ def one_at_a_time(kind: str, busy: str) -> Iterator[bool]:
 
 
 @contextmanager
-def model_pass(label: str) -> Iterator[None]:
-    """A progress bar ("layer 12 of 30, tokens 1–512 of 7,551") over a pass of the model.
+def model_pass(label: str, by_layer: bool = True) -> Iterator[Callable[[float, str], None]]:
+    """A progress bar ("layer 12 of 30, tokens 1–512 of 7,551") over a pass of the model, and
+    on a public deployment one such pass per session at a time.
 
     The pass hands the model to a waiting chat between two layers (core/fairlock.py). And it
-    stops at the next layer when the visitor moves on: the bar's update is a Streamlit call,
+    stops at the next update when the visitor moves on: the bar's update is a Streamlit call,
     where Streamlit stops a run that was asked to rerun or stop, the model lock released.
+    by_layer False: the bar moves only when the caller reports through the function yielded,
+    report(share done, words), e.g. integrated gradients' "8 of 34 points".
     """
     bar = st.progress(0.0, text=f"{label} starting…")
 
-    def on_layer(done: float, words: str) -> None:
+    def report(done: float, words: str) -> None:
         bar.progress(min(max(done, 0.0), 1.0), text=f"{label} {words}")
 
     try:
@@ -566,11 +569,11 @@ def model_pass(label: str) -> Iterator[None]:
             one_at_a_time(
                 "pass", "An explanation is already being computed for this tab; it shows here when done."
             ) as free,
-            reporting(on_layer),
+            reporting(report) if by_layer else nullcontext(),
         ):
             if not free:
                 st.stop()
-            yield
+            yield report
     finally:
         bar.empty()
 

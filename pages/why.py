@@ -94,17 +94,16 @@ def compute() -> attr.Attribution:
     if method != "integrated":
         with common.model_pass(f"Attributing {plain_label(what)} over {len(ids):,} tokens:"):
             return attr.compute(lm, trace, step, method, rival)
-    bar = st.progress(0.0, text=f"Integrated gradients over {len(ids):,} tokens: starting…")
-
-    def on_chunk(done: int, total: int) -> None:
-        bar.progress(
-            done / total, text=f"Integrated gradients over {len(ids):,} tokens: {done} of {total} points"
+    label = f"Integrated gradients over {len(ids):,} tokens:"
+    with common.model_pass(label, by_layer=False) as report:
+        return attr.integrated_gradients(
+            lm,
+            trace,
+            step,
+            rival,
+            IG_STEPS,
+            on_chunk=lambda done, total: report(done / total, f"{done} of {total} points"),
         )
-
-    try:
-        return attr.integrated_gradients(lm, trace, step, rival, IG_STEPS, on_chunk=on_chunk)
-    finally:
-        bar.empty()
 
 
 try:
