@@ -418,8 +418,9 @@ class Runner:
         return self.model.get_input_embeddings().weight.detach()
 
     def embed(self, ids: list[int]) -> torch.Tensor:
-        """The input vectors the first layer reads for ids: (T, d), scaling included."""
-        with torch.inference_mode():
+        """The input vectors the first layer reads for ids: (T, d), scaling included. A plain
+        tensor (no gradient, not an inference tensor), so that attribution can build on it."""
+        with torch.no_grad():
             return self.model.get_input_embeddings()(torch.tensor(ids)).float()
 
     # -- gradients, for attribution ------------------------------------------------------------
@@ -444,8 +445,7 @@ class Runner:
         layer stays short: a waiting chat gets the model between two layers, forwards and
         backwards); on_chunk(done, total) after each pass (a page's progress).
         """
-        with torch.no_grad():
-            vectors = self.model.get_input_embeddings()(torch.tensor(ids)).float()  # (T, d)
+        vectors = self.embed(ids)  # (T, d)
         grads: list[torch.Tensor] = []
         values: list[torch.Tensor] = []
         scales = torch.tensor(list(alphas), dtype=torch.float32)
@@ -475,10 +475,9 @@ class Runner:
     def next_token_probs(self, ids: list[int], zeroed: list[int] | None = None) -> torch.Tensor:
         """The next-token distribution after ids, with the input vectors at `zeroed` set to 0
         (a deletion, for the faithfulness of an attribution): (vocab,)."""
-        with torch.no_grad():
-            vectors = self.model.get_input_embeddings()(torch.tensor(ids)).clone()
-            if zeroed:
-                vectors[list(zeroed)] = 0.0
+        vectors = self.embed(ids).to(next(self.model.parameters()).dtype)
+        if zeroed:
+            vectors[list(zeroed)] = 0.0
         with self.lm.lock, torch.inference_mode(), _sharing(self, len(ids)):
             logits = self.model(inputs_embeds=vectors[None], use_cache=False, logits_to_keep=1).logits[0, -1]
         return torch.softmax(logits.float(), -1)
