@@ -1,4 +1,9 @@
-"""A corpus of text that breaks naive tokenizer displays (shared by the tokenization tests)."""
+"""A corpus of text that breaks naive tokenizer displays (shared by the tokenization tests),
+and parse_html, which tests use to check that such text stays text in the HTML the app builds."""
+
+from __future__ import annotations
+
+from html.parser import HTMLParser
 
 HOSTILE = {
     "emoji": "👍🏽 👨‍👩‍👧‍👦 🏳️‍🌈 🇫🇷 😀😀😀",  # skin tone, ZWJ family, ZWJ flag with VS16, regional flags
@@ -13,3 +18,24 @@ HOSTILE = {
     "control": "bell\x07 nul\x00 del\x7f end",
     "code": "def f(x):\n    return {'k': [x, 1.5e-3]}  # 😀\n",
 }
+
+
+class ParsedHtml(HTMLParser):
+    """The start tags (name, attributes) and the text of a piece of markup."""
+
+    def __init__(self) -> None:
+        super().__init__(convert_charrefs=True)
+        self.tags: list[tuple[str, dict]] = []
+        self.text: list[str] = []
+
+    def handle_starttag(self, tag, attrs):
+        self.tags.append((tag, dict(attrs)))
+
+    def handle_data(self, data):
+        self.text.append(data)
+
+
+def parse_html(markup: str) -> ParsedHtml:
+    parsed = ParsedHtml()
+    parsed.feed(markup)
+    return parsed

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from html.parser import HTMLParser
-
 import pytest
 from markdown_it import MarkdownIt
 
@@ -15,6 +13,7 @@ from core.html import chips, esc, markdown_safe, probability_legend, text_block
 from core.settings import SamplingSettings
 from core.tokens import readable
 from tests.conftest import make_trace
+from tests.hostile_text import parse_html
 
 HOSTILE = [
     "<script>window.__pwned=1</script>",
@@ -26,25 +25,6 @@ HOSTILE = [
     "<a href='javascript:alert(1)'>click</a>",
     "&lt;already escaped&gt; & <!-- comment -->",
 ]
-
-
-class _Collect(HTMLParser):
-    def __init__(self) -> None:
-        super().__init__(convert_charrefs=True)
-        self.tags: list[tuple[str, dict]] = []
-        self.text: list[str] = []
-
-    def handle_starttag(self, tag, attrs):
-        self.tags.append((tag, dict(attrs)))
-
-    def handle_data(self, data):
-        self.text.append(data)
-
-
-def _parse(markup: str) -> _Collect:
-    p = _Collect()
-    p.feed(markup)
-    return p
 
 
 def _forced_trace(lm, text: str):
@@ -63,7 +43,7 @@ def test_hostile_reply_stays_literal_in_chips(lm, hostile):
     trace = _forced_trace(lm, hostile)
     assert trace.text == hostile
     markup = chips(reply_chips(lm.tokenizer, trace, marked=1), probability_legend())
-    parsed = _parse(markup)
+    parsed = parse_html(markup)
     allowed = {"style", "div", "span"}
     assert {t for t, _ in parsed.tags} <= allowed, parsed.tags
     for _, attrs in parsed.tags:
@@ -78,7 +58,7 @@ def test_hostile_reply_stays_literal_in_chips(lm, hostile):
         "title" in attrs for t, attrs in parsed.tags if t == "span" and "gb-chip" in attrs.get("class", "")
     )
     # the summary quotes model text; as a text block it stays literal too
-    block = _parse(text_block(summarize(lm.tokenizer, trace)))
+    block = parse_html(text_block(summarize(lm.tokenizer, trace)))
     assert [t for t, _ in block.tags] == ["p"]
 
 

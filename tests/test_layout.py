@@ -8,8 +8,6 @@ the sidebar script build their HTML from escaped pieces only.
 
 from __future__ import annotations
 
-from html.parser import HTMLParser
-
 import altair as alt
 import numpy as np
 import pandas as pd
@@ -20,6 +18,7 @@ from core.charts.candidates import lens_heatmap, what_if_side_by_side
 from core.charts.embeddings import similarity_heatmap
 from core.explain.attention import CATEGORIES
 from core.html import PAGE_STYLE, Chip, chips, close_sidebar_script
+from tests.hostile_text import parse_html
 
 HOSTILE = [
     "<script>window.__pwned=1</script>",
@@ -27,25 +26,6 @@ HOSTILE = [
     "</details></summary></div><b>x</b>",
     "<img src=x onerror=alert(1)>",
 ]
-
-
-class _Tags(HTMLParser):
-    def __init__(self) -> None:
-        super().__init__(convert_charrefs=True)
-        self.tags: list[tuple[str, dict]] = []
-        self.text: list[str] = []
-
-    def handle_starttag(self, tag, attrs):
-        self.tags.append((tag, dict(attrs)))
-
-    def handle_data(self, data):
-        self.text.append(data)
-
-
-def _parse(markup: str) -> _Tags:
-    parsed = _Tags()
-    parsed.feed(markup)
-    return parsed
 
 
 def _spec(chart: alt.TopLevelMixin) -> dict:
@@ -206,7 +186,7 @@ def test_tap_chips_hold_the_hover_text_escaped(hostile):
         ],
         tap=True,
     )
-    parsed = _parse(markup)
+    parsed = parse_html(markup)
     assert {t for t, _ in parsed.tags} <= {"style", "div", "span", "details", "summary", "a"}, parsed.tags
     for tag, attrs in parsed.tags:
         assert not any(name.startswith("on") for name in attrs), (tag, attrs)
@@ -229,13 +209,13 @@ def test_the_sidebar_script_carries_no_outside_text():
     )  # Streamlit reruns a script only when it changes
     with pytest.raises(ValueError):
         close_sidebar_script("3<script>")  # type: ignore[arg-type]
-    parsed = _parse(close_sidebar_script(7))
+    parsed = parse_html(close_sidebar_script(7))
     assert [t for t, _ in parsed.tags] == ["script"]
     assert "stSidebarCollapseButton" in close_sidebar_script(7) and "768" in close_sidebar_script(7)
 
 
 def test_the_page_style_is_a_stylesheet_alone():
-    parsed = _parse(PAGE_STYLE)
+    parsed = parse_html(PAGE_STYLE)
     assert [t for t, _ in parsed.tags] == ["style"]  # st.html puts a lone stylesheet where it takes no room
     assert "stPageLink-NavLink" in PAGE_STYLE and "white-space:normal" in PAGE_STYLE
 
