@@ -30,6 +30,16 @@ def _labelled(df: pd.DataFrame) -> pd.DataFrame:
     return data
 
 
+def _candidate_axis(data: pd.DataFrame, label_limit: int) -> alt.Y:
+    """The candidates down the side, in rank order, every label shown (cut at label_limit px)."""
+    return alt.Y(
+        "label:N",
+        sort=list(data["label"]),
+        title=None,
+        axis=alt.Axis(labelLimit=label_limit, labelOverlap=False),
+    )
+
+
 def candidates_bar(
     df: pd.DataFrame, value: str = "prob", title: str = "probability", full_scale: bool = False
 ) -> alt.Chart:
@@ -44,12 +54,7 @@ def candidates_bar(
         alt.Chart(data)
         .mark_bar()
         .encode(
-            y=alt.Y(
-                "label:N",
-                sort=list(data["label"]),
-                title=None,
-                axis=alt.Axis(labelLimit=220, labelOverlap=False),
-            ),
+            y=_candidate_axis(data, 220),
             x=alt.X(f"{value}:Q", title=title, axis=alt.Axis(format="%"), scale=scale),
             color=alt.condition(alt.datum.chosen, alt.value(CHOSEN), alt.value(OTHER)),
             tooltip=[
@@ -89,12 +94,7 @@ def what_if_side_by_side(df: pd.DataFrame, label: str) -> alt.Chart:
         alt.Chart(pairs)
         .mark_bar()
         .encode(
-            y=alt.Y(
-                "label:N",
-                sort=list(data["label"]),
-                title=None,
-                axis=alt.Axis(labelLimit=160, labelOverlap=False),
-            ),
+            y=_candidate_axis(data, 160),
             yOffset=alt.YOffset("which:N", sort=[original, changed]),
             x=alt.X("prob:Q", title="probability", axis=alt.Axis(format="%"), scale=alt.Scale(domain=[0, 1])),
             color=alt.Color(
