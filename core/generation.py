@@ -8,76 +8,36 @@ For Llama-family models the forward pass is core.kvcache's lean one (fused weigh
 layout, a preallocated KV cache, one thread for single-token steps); it gives the same greedy
 tokens as ``model.generate`` at about 1.5-2x the speed, and with a SessionKV a follow-up turn
 reads only its new tokens. Other models use their own forward with a DynamicCache.
+
+Every reply is written by the model's one decode loop, core.scheduler, which batches the
+replies of all sessions writing at the same moment; stream() hands a reply to it and reads
+the tokens back.
 """
 
 from __future__ import annotations
 
+import queue
 import threading
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 
 import torch
 
-from core.fairlock import CHAT
 from core.kvcache import LeanModel, SessionKV, lean_model, supports
 from core.models import LoadedModel
 from core.runner import GenericKV
-from core.sampling import sampling_probs
+from core.scheduler import RUNNING, Chunk, Reply, scheduler_for, waiting_words
 from core.settings import SamplingSettings
-from core.tokens import IncrementalDecoder
-from core.trace import TOP_CANDIDATES, Step, Trace
+from core.trace import Trace
 
-LN2 = 0.6931471805599453
+__all__ = ["RUNNING", "Chunk", "generate", "new_trace", "prefill", "stream", "warm_up"]
+
 _BUILD_LOCK = threading.Lock()
-# trace_ids of the replies this process is writing right now. A stored trace that says
-# "running" but is not here was cut off (a restart, a closed tab): core.store readers mark it stopped.
-RUNNING: set[str] = set()
-
-
-@dataclass
-class Chunk:
-    """What the loop yields per token: the step record (None when capture is off) and the new text."""
-
-    token_id: int
-    text: str
-    step: Step | None
+WAIT_NOTICE_S = 0.3  # a reply with no first token after this long tells its reader why
 
 
 def new_trace(lm: LoadedModel, prompt_ids: list[int], spans: list, settings: SamplingSettings) -> Trace:
     return Trace(prompt_ids=list(prompt_ids), spans=list(spans), settings=settings, model_name=lm.name)
-
-
-def _record(logits: torch.Tensor, chosen: torch.Tensor, sample_probs: torch.Tensor) -> torch.Tensor:
-    """Everything a Step needs, packed in one tensor so the host reads it once.
-
-    logits: (vocab,) raw scores; chosen: () token id; sample_probs: (vocab,).
-    Returns (4 + 4*K,): [rank, entropy_bits, prob, sample_prob, ids*K, logits*K, probs*K, sample_probs*K].
-    """
-    logp = torch.log_softmax(logits, dim=-1)  # (vocab,)
-    probs = logp.exp()
-    entropy = -(probs * logp).nansum() / LN2  # bits; nansum: exp(-inf) * -inf is nan, counts as 0
-    top_logits, top_ids = torch.topk(logits, TOP_CANDIDATES)  # (K,), sorted high to low
-    rank = (logits > logits[chosen]).sum() + 1
-    head = torch.stack([rank.float(), entropy, probs[chosen], sample_probs[chosen]])
-    return torch.cat([head, top_ids.float(), top_logits, probs[top_ids], sample_probs[top_ids]])
-
-
-def _unpack(packed: list[float], token_id: int, text: str) -> Step:
-    k = TOP_CANDIDATES
-    ids = [int(v) for v in packed[4 : 4 + k]]
-    return Step(
-        token_id=token_id,
-        text=text,
-        rank=int(packed[0]),
-        entropy=max(float(packed[1]), 0.0),
-        prob=min(float(packed[2]), 1.0),
-        sample_prob=min(float(packed[3]), 1.0),
-        top_ids=ids,
-        top_logits=packed[4 + k : 4 + 2 * k],
-        top_probs=[min(p, 1.0) for p in packed[4 + 2 * k : 4 + 3 * k]],
-        top_sample_probs=[min(p, 1.0) for p in packed[4 + 3 * k : 4 + 4 * k]],
-    )
 
 
 def stream(
@@ -86,103 +46,74 @@ def stream(
     stop: threading.Event | None = None,
     capture: bool = True,
     forced: list[int] | None = None,
-    on_wait: Callable[[], None] | None = None,
+    on_wait: Callable[[str], None] | None = None,
     kv: SessionKV | None = None,
     use_lean: bool = True,
 ) -> Iterator[Chunk]:
     """Generate a reply for trace.prompt_ids with trace.settings, appending to trace.steps.
 
-    Yields one Chunk per token. The trace is updated in place as the loop goes, so a reply
-    that is stopped or abandoned keeps every step made so far (finish_reason "stopped").
+    Yields one Chunk per token. The reply is written by the model's shared decode loop
+    (core.scheduler), in a batch with every other reply being written at the same moment;
+    the tokens are those the reply would get alone. The trace is updated in place as the
+    loop goes; when the reader stops early (stop set, or the generator closed: the user
+    pressed Stop or left), the reply leaves the batch at the next step and the trace keeps
+    exactly the steps that were yielded (finish_reason "stopped").
     forced: token ids to emit for the first steps instead of sampling (a "branch": their
-    steps still record the model's real distribution). The model's lock is held while the
-    loop runs; close the generator (or exhaust it) to release it.
+    steps still record the model's real distribution).
+    on_wait(words): called when the first token is slow to come, with why (the place in line).
     kv: the session's KV cache, reused across turns (None: a fresh cache for this reply).
     use_lean: False runs the model's own forward even where the lean path covers it (tests
     and benchmarks compare the two; the lean path is a speed-up, not another model).
     """
     settings = trace.settings.validated()
-    tokenizer = lm.tokenizer
-    eos_ids = lm.eos_ids
-    forced = list(forced or [])
-    decoder = IncrementalDecoder(tokenizer)
-    if not lm.lock.acquire(blocking=False, kind=CHAT):
-        if on_wait:
-            on_wait()
-        # one place in line, kept until the model is free or the reply is stopped while it waits
-        if not lm.lock.acquire(kind=CHAT, cancel=lambda: stop is not None and stop.is_set()):
-            trace.finish_reason = "stopped"
-            return
-    RUNNING.add(trace.trace_id)
+    need = len(trace.prompt_ids) + settings.max_new_tokens
+    if kv is None or need > kv.max_tokens:
+        kv = SessionKV(max_tokens=max(need, 1))
+    reply = Reply(
+        trace=trace,
+        kv=kv,
+        lean=_lean(lm) if use_lean else None,
+        threads=decode_threads(lm),
+        capture=capture,
+        forced=list(forced or []),
+        stop=stop,
+        settings=settings,
+        start_steps=len(trace.steps),
+    )
+    scheduler = scheduler_for(lm)
+    scheduler.submit(reply)
+    yielded = reply.start_steps
+    told = ""
+    finished = False
     try:
-        threads = torch.get_num_threads()
-        generator = torch.Generator().manual_seed(settings.seed)
-        start = time.perf_counter()
-        first_token_at = None
-        trace.finish_reason = "running"
-        lean = _lean(lm) if use_lean else None
-        need = len(trace.prompt_ids) + settings.max_new_tokens
-        if kv is None or need > kv.max_tokens:
-            kv = SessionKV(max_tokens=max(need, 1))
-        with torch.inference_mode():
-            if lean is not None:
-                reused = kv.prepare(lean, trace.prompt_ids, need)
-                logits = kv.forward(lean, trace.prompt_ids[reused:])
-                step_fn = _lean_step(lean, kv)
-            else:
-                logits, step_fn = _generic_prefill(lm.model, kv.generic, trace.prompt_ids)
-            torch.set_num_threads(min(decode_threads(lm), threads))
-            # the repetition penalty reads every id already in the text: prompt + reply so far
-            penalised = settings.repetition_penalty != 1.0
-            seen = torch.tensor(trace.prompt_ids + trace.output_ids, dtype=torch.long) if penalised else None
-            for i in range(settings.max_new_tokens):
+        while True:
+            try:
+                item = reply.out.get(timeout=0.05)
+            except queue.Empty:
                 if stop is not None and stop.is_set():
-                    trace.finish_reason = "stopped"
                     break
-                want_probs = capture or not settings.greedy or penalised
-                probs = sampling_probs(logits, settings, seen) if want_probs else None
-                if i < len(forced):
-                    chosen = torch.tensor(forced[i])
-                elif settings.greedy:  # the one-hot on the penalised argmax, when there is a penalty
-                    chosen = probs.argmax() if penalised else logits.argmax()
-                else:
-                    chosen = torch.multinomial(probs, 1, generator=generator)[0]
-                token_id = int(chosen)
-                text = decoder.push(token_id)
-                if capture:
-                    step = _unpack(_record(logits, chosen, probs).tolist(), token_id, text)
-                else:  # a bare record, so the reply's tokens and text are still known
-                    step = _bare_step(token_id, text)
-                trace.steps.append(step)
-                if penalised:
-                    seen = torch.cat([seen, chosen.reshape(1).long()])
-                if first_token_at is None:
-                    first_token_at = time.perf_counter()
-                    trace.ttft_s = first_token_at - start
-                yield Chunk(token_id, text, step if capture else None)
-                if token_id in eos_ids:
-                    trace.finish_reason = "eos"
-                    break
-                if i + 1 < settings.max_new_tokens:  # no forward pass for a token nobody reads
-                    if lm.lock.yield_turn():  # another chat waited: it had one step, we go on
-                        torch.set_num_threads(min(decode_threads(lm), threads))
-                    logits = step_fn(token_id)
-            else:
-                trace.finish_reason = "length"
-        tail = decoder.flush()
-        if tail and trace.steps:
-            trace.steps[-1].text += tail
-            yield Chunk(trace.steps[-1].token_id, tail, None)
+                slow = time.perf_counter() - reply.submitted > WAIT_NOTICE_S
+                if on_wait is not None and slow and reply.first_token_at is None:
+                    words = waiting_words(scheduler.status(), scheduler.place(reply))
+                    if words != told:
+                        on_wait(words)
+                        told = words
+                continue
+            if item is None:
+                finished = True
+                break
+            if isinstance(item, BaseException):
+                raise item
+            if stop is not None and stop.is_set():
+                break
+            if not item.tail:
+                yielded += 1  # before the yield: a close() arrives at the yield
+            yield item
     finally:
-        if trace.finish_reason == "running":
+        if not finished:
+            scheduler.leave(reply)
+            del trace.steps[yielded:]  # the reply is what its reader saw
             trace.finish_reason = "stopped"
-        end = time.perf_counter()
-        trace.total_s = end - start
-        if first_token_at is not None and len(trace.steps) > 1:
-            trace.decode_tokens_per_s = (len(trace.steps) - 1) / max(end - first_token_at, 1e-9)
-        torch.set_num_threads(threads)
-        RUNNING.discard(trace.trace_id)
-        lm.lock.release()
 
 
 def generate(lm: LoadedModel, trace: Trace, stop: threading.Event | None = None, **kwargs) -> Trace:
@@ -200,12 +131,14 @@ def prefill(lm: LoadedModel, kv: SessionKV, ids: list[int], stop: threading.Even
     conversation is opened, gives that reply the time to first token of a warm session.
     Does nothing when the model stays busy until `stop` is set.
     """
-    if len(ids) < 2 or len(ids) > kv.max_tokens:
+    if len(ids) < 2 or len(ids) > kv.max_tokens or kv.busy:
         return 0
     while not lm.lock.acquire(timeout=0.1):
         if stop is not None and stop.is_set():
             return 0
     try:
+        if kv.busy:  # a reply of this session got the model first and is writing into it
+            return 0
         lean = _lean(lm)
         with torch.inference_mode():
             if lean is not None:
@@ -327,7 +260,3 @@ def _generic_prefill(
         return kv.forward(model, [token_id])  # (vocab,)
 
     return logits, step
-
-
-def _bare_step(token_id: int, text: str) -> Step:
-    return Step(token_id, text, 0.0, 0.0, 1, 0.0, [], [], [], [])

@@ -91,6 +91,7 @@ class LoadedModel:
     public_source: str = ""  # for visitors: where the weights came from, without any server path
     decode_threads: int | None = None  # measured at warm-up on this machine (core.generation)
     decode_timings: dict[int, float] = field(default_factory=dict)  # threads -> ms per step, measured
+    scheduler: Any = field(default=None, repr=False)  # core.scheduler.Scheduler, made on first reply
 
     @property
     def model(self) -> Any:

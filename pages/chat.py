@@ -10,6 +10,7 @@ import streamlit as st
 from core.conversation import Message, PromptTooLong, build_prompt
 from core.generation import new_trace, stream
 from core.html import markdown_safe
+from core.scheduler import scheduler_for, status_words
 from core.settings import SamplingSettings
 from core.store import CHUNK
 from pages import common, explain_panel, model_picker, persist, transfer
@@ -178,13 +179,19 @@ def _write_reply(previous: Message | None) -> None:
         chunks = stream(
             lm,
             trace,
-            on_wait=lambda: waiting.info("Waiting for the model: it is busy…"),
+            on_wait=lambda words: waiting.info(words, icon="⏳"),
             kv=st.session_state.setdefault("chat.kv", SessionKV()),
         )
+        shared = scheduler_for(lm)
 
         def pieces():
             for chunk in chunks:
-                waiting.empty()
+                if len(trace.steps) == 1 or len(trace.steps) % CHUNK == 0:
+                    batch = shared.status()
+                    if batch.active > 1:  # the line under the reply: it is written alongside others
+                        waiting.caption(f"✍️ {status_words(batch)}", help=common.BATCH_HELP)
+                    else:
+                        waiting.empty()
                 reply.content += chunk.text
                 if len(trace.steps) % CHUNK == 0:  # a restart or a closed tab loses at most this much
                     persist.save_streaming(reply)
@@ -199,6 +206,7 @@ def _write_reply(previous: Message | None) -> None:
                 reply.content = trace.text
                 common.charge_reply(len(prompt.ids), len(trace.steps))
         stop_slot.empty()
+        waiting.empty()
         footer(reply)
         explain_controls(reply)
 

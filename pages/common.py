@@ -26,6 +26,7 @@ from core.memory import give_back_freed_memory
 from core.models import ENV_MODEL, LoadedModel, ModelUnavailable, load_chat_model, load_embedder
 from core.redact import scrub
 from core.runner import reporting, runner_for
+from core.scheduler import scheduler_for, status_words
 from core.settings import DEFAULT_CONTEXT_BUDGET, DEFAULT_SYSTEM_PROMPT, SamplingSettings
 from core.tokens import readable
 from core.trace import Trace
@@ -489,6 +490,15 @@ def model_badge(lm: LoadedModel) -> None:
             else ""
         )
     )
+    st.sidebar.caption(status_words(scheduler_for(lm).status()), help=BATCH_HELP)
+
+
+BATCH_HELP = (
+    "Every session's replies are written by one loop that batches them: one pass over the "
+    "model's weights makes the next token of every reply being written, which on a CPU costs "
+    "little more than one reply alone. Each reply keeps its own settings and seed, and gets "
+    "the tokens it would get alone."
+)
 
 
 # -- a public deployment: per-session limits (core/limits.py) -------------------------------------
