@@ -125,10 +125,11 @@ class Scheduler:
         self.max_batch = max_batch or _limit("GLASSBOX_MAX_BATCH", MAX_BATCH)
         self.max_kv_bytes = (max_kv_mb or _limit("GLASSBOX_MAX_KV_MB", MAX_KV_MB)) * 2**20
         most = torch.get_num_threads()
-        # threads for batched steps: tried on the first batched steps on this machine (_threads_for)
-        self._thread_trials = {n: [] for n in (range(1, most + 1) if most <= 4 else (1, 2, most // 2, most))}
-        self.batch_threads = most
-        self.thread_timings: dict[int, float] = {}  # threads -> ms per reply per batched step, measured
+        self._thread_candidates = list(range(1, most + 1)) if most <= 4 else [1, 2, most // 2, most]
+        # threads for batched steps, per batch size class: tried on this machine (_threads_for_batch)
+        self._thread_trials: dict[int, dict[int, list[float]]] = {}
+        self.batch_threads: dict[int, int] = {}  # batch size class -> threads, once measured
+        self.thread_timings: dict[int, dict[int, float]] = {}  # class -> threads -> ms per step
         self._cond = threading.Condition()
         self._queue: list[Reply] = []
         self._active: list[Reply] = []
@@ -271,55 +272,91 @@ class Scheduler:
         self._admit()
         ended: list[Reply] = []
         going: list[tuple[Reply, int]] = []
+        ready = []
         for reply in list(self._active):
             if reply.gone():
                 ended.append(self._leave(reply, "stopped"))
             elif reply.logits is not None:
-                token_id, finish = self._choose(reply)
-                if finish:
-                    ended.append(self._leave(reply, finish))
-                else:
-                    going.append((reply, token_id))
+                ready.append(reply)
+        for reply, token_id, finish in self._choose_all(ready):
+            if finish:
+                ended.append(self._leave(reply, finish))
+            else:
+                going.append((reply, token_id))
         if going:
             self._forward(going)
         self._prefill()
         return ended
 
-    def _choose(self, reply: Reply) -> tuple[int, str | None]:
-        """Sample (or force) the next token from the reply's scores; record and emit it."""
-        trace, settings, logits = reply.trace, reply.settings, reply.logits
-        i = len(trace.steps) - reply.start_steps
-        penalised = settings.repetition_penalty != 1.0
-        want_probs = reply.capture or not settings.greedy or penalised
-        probs = sampling_probs(logits, settings, reply.seen) if want_probs else None
-        if i < len(reply.forced):
-            chosen = torch.tensor(reply.forced[i])
-        elif settings.greedy:  # the one-hot on the penalised argmax, when there is a penalty
-            chosen = probs.argmax() if penalised else logits.argmax()
-        else:
-            chosen = torch.multinomial(probs, 1, generator=reply.generator)[0]
-        token_id = int(chosen)
+    def _choose_all(self, ready: list[Reply]) -> list[tuple[Reply, int, str | None]]:
+        """Sample (or force) the next token of every ready reply; record and emit each.
+
+        The distributions are computed for all replies with the same settings at once (a
+        (rows, vocab) call of the same logits processors), and the step records of all of
+        them are packed in one tensor, read once: per reply, only the draw is done alone,
+        with the reply's own random generator. A repetition penalty reads each reply's own
+        text, so those replies are done one by one.
+        """
+        if not ready:
+            return []
+        groups: dict[tuple, list[Reply]] = {}
+        for reply in ready:
+            s = reply.settings
+            key = (id(reply),) if s.repetition_penalty != 1.0 else (s.temperature, s.top_k, s.top_p)
+            groups.setdefault(key, []).append(reply)
+        rows: list[Reply] = []
+        logits_rows, probs_rows, chosen_rows = [], [], []
+        for group in groups.values():
+            settings = group[0].settings
+            logits = torch.stack([r.logits for r in group])  # (rows, vocab)
+            penalised = settings.repetition_penalty != 1.0
+            want_probs = any(r.capture for r in group) or not settings.greedy or penalised
+            probs = sampling_probs(logits, settings, group[0].seen) if want_probs else logits
+            for reply, row_logits, row_probs in zip(group, logits, probs, strict=True):
+                i = len(reply.trace.steps) - reply.start_steps
+                if i < len(reply.forced):
+                    chosen = torch.tensor(reply.forced[i])
+                elif settings.greedy:  # the one-hot on the penalised argmax, when there is a penalty
+                    chosen = row_probs.argmax() if penalised else row_logits.argmax()
+                else:
+                    chosen = torch.multinomial(row_probs, 1, generator=reply.generator)[0]
+                rows.append(reply)
+                chosen_rows.append(chosen)
+            logits_rows.append(logits)
+            probs_rows.append(probs)
+        chosen = torch.stack(chosen_rows)  # (rows,)
+        captured = any(r.capture for r in rows)
+        packed = _record(torch.cat(logits_rows), chosen, torch.cat(probs_rows)).tolist() if captured else None
+        now = time.perf_counter()
+        out = []
+        for k, (reply, token) in enumerate(zip(rows, chosen.tolist(), strict=True)):
+            out.append((reply, token, self._emit(reply, token, packed[k] if reply.capture else None, now)))
+        with self._cond:
+            self._written.append((now, len(rows)))
+        return out
+
+    def _emit(self, reply: Reply, token_id: int, packed: list[float] | None, now: float) -> str | None:
+        """Record the chosen token in the reply's trace and hand it to its reader; returns
+        how the reply ends with it (None: it goes on)."""
+        trace, settings = reply.trace, reply.settings
         text = reply.decoder.push(token_id)
-        if reply.capture:
-            step = _unpack(_record(logits, chosen, probs).tolist(), token_id, text)
+        if packed is not None:
+            step = _unpack(packed, token_id, text)
         else:  # a bare record, so the reply's tokens and text are still known
             step = Step(token_id, text, 0.0, 0.0, 1, 0.0, [], [], [], [])
         trace.steps.append(step)
-        if penalised:
-            reply.seen = torch.cat([reply.seen, chosen.reshape(1).long()])
-        now = time.perf_counter()
+        if settings.repetition_penalty != 1.0:
+            reply.seen = torch.cat([reply.seen, torch.tensor([token_id], dtype=torch.long)])
         if reply.first_token_at is None:
             reply.first_token_at = now
             trace.ttft_s = now - reply.submitted
         reply.logits = None
-        reply.out.put(Chunk(token_id, text, step if reply.capture else None))
-        with self._cond:
-            self._written.append((now, 1))
+        reply.out.put(Chunk(token_id, text, step if packed is not None else None))
         if token_id in self.lm.eos_ids:
-            return token_id, "eos"
-        if i + 1 >= settings.max_new_tokens:
-            return token_id, "length"
-        return token_id, None
+            return "eos"
+        if len(trace.steps) - reply.start_steps >= settings.max_new_tokens:
+            return "length"
+        return None
 
     def _forward(self, going: list[tuple[Reply, int]]) -> None:
         """One pass of the weights: the next scores of every reply that goes on."""
@@ -327,46 +364,50 @@ class Scheduler:
         self.largest_batch = max(self.largest_batch, len(going))
         if len(lean) == 1:
             reply, token = lean[0]
-            torch.set_num_threads(min(reply.threads, self.batch_threads))
+            torch.set_num_threads(reply.threads)
             reply.logits = reply.kv.forward(reply.lean, [token])
         elif lean:
             by_model: dict[int, list[tuple[Reply, int]]] = {}
             for reply, token in lean:  # one batch per lean build (a model reload makes another)
                 by_model.setdefault(reply.lean.model_id, []).append((reply, token))
             for group in by_model.values():
-                threads = self._threads_for_batch()
+                threads = self._threads_for_batch(len(group))
                 torch.set_num_threads(threads)
                 began = time.perf_counter()
                 logits = forward_batch(group[0][0].lean, [r.kv for r, _ in group], [t for _, t in group])
-                self._tried(threads, (time.perf_counter() - began) / len(group))
+                self._tried(len(group), threads, time.perf_counter() - began)
                 for (reply, _), row in zip(group, logits, strict=True):
                     reply.logits = row
         for reply, token in going:  # the model's own forward, one reply at a time
             if reply.lean is None:
-                torch.set_num_threads(min(reply.threads, self.batch_threads))
+                torch.set_num_threads(reply.threads)
                 reply.logits = reply.kv.generic.forward(self.lm.model, [token])
 
-    def _threads_for_batch(self) -> int:
-        """The thread count for the next batched step: while trying (the first batched steps,
-        TRIALS per candidate, in turn), the candidate with the fewest timings; then the best.
+    def _threads_for_batch(self, rows: int) -> int:
+        """The thread count for a batched step of this many rows: measured, per batch size class
+        (2-3, 4-7, 8-15, 16+ rows), on the first TRIALS steps of each candidate count, in turn.
 
         subtle: whether a second thread helps depends on the CPU (see core.generation.
-        decode_threads), and a batched product is more arithmetic per weight read than a
-        single row, so the single-row answer does not carry over: it is measured here too.
+        decode_threads) and on the batch: a product of more rows is more arithmetic per weight
+        read. On the EPYC here one thread was best for one row and two for eight.
         """
-        if not self._thread_trials:
-            return self.batch_threads
-        return min(self._thread_trials, key=lambda n: len(self._thread_trials[n]))
+        size = _size_class(rows)
+        if size in self.batch_threads:
+            return self.batch_threads[size]
+        trials = self._thread_trials.setdefault(size, {n: [] for n in self._thread_candidates})
+        return min(trials, key=lambda n: len(trials[n]))
 
-    def _tried(self, threads: int, seconds_per_row: float) -> None:
-        trials = self._thread_trials
-        if not trials:
+    def _tried(self, rows: int, threads: int, seconds: float) -> None:
+        size = _size_class(rows)
+        trials = self._thread_trials.get(size)
+        if trials is None:
             return
-        trials[threads].append(seconds_per_row)
+        trials[threads].append(seconds)
         if all(len(t) >= TRIALS for t in trials.values()):
-            self.batch_threads = min(trials, key=lambda n: sorted(trials[n])[len(trials[n]) // 2])
-            self.thread_timings = {n: round(sorted(t)[len(t) // 2] * 1000, 2) for n, t in trials.items()}
-            self._thread_trials = {}
+            median = {n: sorted(t)[len(t) // 2] for n, t in trials.items()}
+            self.batch_threads[size] = min(median, key=median.get)
+            self.thread_timings[size] = {n: round(m * 1000, 2) for n, m in median.items()}
+            del self._thread_trials[size]
 
     def _prefill(self) -> None:
         """Read waiting prompts, a chunk at a time, for about PREFILL_S in all."""
@@ -376,7 +417,7 @@ class Scheduler:
                 continue
             if time.perf_counter() >= deadline:
                 break
-            torch.set_num_threads(self.batch_threads)
+            torch.set_num_threads(self._thread_candidates[-1])  # reading a prompt: all cores
             if reply.lean is None:  # the model's own forward reads the whole prompt at once
                 reply.logits = reply.kv.generic.forward(self.lm.model, reply.pending)
                 reply.pending = []
@@ -417,6 +458,11 @@ class Scheduler:
         return reply
 
 
+def _size_class(rows: int) -> int:
+    """2, 4, 8 or 16: the batch sizes whose thread counts are measured apart."""
+    return 16 if rows >= 16 else 8 if rows >= 8 else 4 if rows >= 4 else 2
+
+
 def _kv_bytes_per_position(config: Any) -> int:
     """fp32 keys and values of one position across all layers (46 KB for SmolLM2-135M)."""
     heads = int(getattr(config, "num_attention_heads", 1) or 1)
@@ -440,18 +486,23 @@ def scheduler_for(lm: Any) -> Scheduler:
 
 
 def _record(logits: torch.Tensor, chosen: torch.Tensor, sample_probs: torch.Tensor) -> torch.Tensor:
-    """Everything a Step needs, packed in one tensor so the host reads it once.
+    """Everything the Steps need, packed in one tensor so the host reads it once.
 
-    logits: (vocab,) raw scores; chosen: () token id; sample_probs: (vocab,).
-    Returns (4 + 4*K,): [rank, entropy_bits, prob, sample_prob, ids*K, logits*K, probs*K, sample_probs*K].
+    logits: (rows, vocab) raw scores; chosen: (rows,) token ids; sample_probs: (rows, vocab).
+    Returns (rows, 4 + 4*K): [rank, entropy_bits, prob, sample_prob, ids*K, logits*K, probs*K, sample_probs*K].
     """
-    logp = torch.log_softmax(logits, dim=-1)  # (vocab,)
+    logp = torch.log_softmax(logits, dim=-1)  # (rows, vocab)
     probs = logp.exp()
-    entropy = -(probs * logp).nansum() / LN2  # bits; nansum: exp(-inf) * -inf is nan, counts as 0
-    top_logits, top_ids = torch.topk(logits, TOP_CANDIDATES)  # (K,), sorted high to low
-    rank = (logits > logits[chosen]).sum() + 1
-    head = torch.stack([rank.float(), entropy, probs[chosen], sample_probs[chosen]])
-    return torch.cat([head, top_ids.float(), top_logits, probs[top_ids], sample_probs[top_ids]])
+    entropy = -(probs * logp).nansum(-1) / LN2  # bits; nansum: exp(-inf) * -inf is nan, counts as 0
+    top_logits, top_ids = torch.topk(logits, TOP_CANDIDATES, dim=-1)  # (rows, K), sorted high to low
+    at = chosen.reshape(-1, 1)
+    rank = (logits > logits.gather(-1, at)).sum(-1) + 1
+    head = torch.stack(
+        [rank.float(), entropy, probs.gather(-1, at)[:, 0], sample_probs.gather(-1, at)[:, 0]], -1
+    )
+    return torch.cat(
+        [head, top_ids.float(), top_logits, probs.gather(-1, top_ids), sample_probs.gather(-1, top_ids)], -1
+    )
 
 
 def _unpack(packed: list[float], token_id: int, text: str) -> Step:
