@@ -68,19 +68,16 @@ NEW_TOKENS = 128
 
 
 def turn(lm: LoadedModel, k: int, history_tokens: int = 0):
-    """Session k's chat turn; with history_tokens, an earlier conversation of about that length first."""
+    """Session k's chat turn; with history_tokens, after earlier turns that bring its prompt to about that length."""
     history = [Message("system", DEFAULT_SYSTEM_PROMPT)]
-    if history_tokens:
-        filler = " ".join(QUESTIONS[(k + j) % len(QUESTIONS)] for j in range(len(QUESTIONS)))
-        while len(lm.tokenizer(filler)["input_ids"]) < history_tokens // 2:
-            filler += " " + filler
-        history += [Message("user", "Remember these questions."), Message("assistant", filler)]
-        history += [Message("user", "Thanks."), Message("assistant", filler)]
-    history.append(Message("user", QUESTIONS[k % len(QUESTIONS)]))
-    prompt = build_prompt(lm.tokenizer, history, lm.context_length, reserve=NEW_TOKENS)
-    settings = SamplingSettings(
-        temperature=0.7, top_k=50, top_p=0.95, max_new_tokens=NEW_TOKENS, seed=100 + k
-    )
+    question = Message("user", QUESTIONS[k % len(QUESTIONS)])
+    j = 0
+    while history_tokens and len(build_prompt(lm.tokenizer, [*history, question], 10**6).ids) < history_tokens:
+        earlier = QUESTIONS[(k + j + 1) % len(QUESTIONS)]
+        history += [Message("user", earlier), Message("assistant", f"Here is what I know. {earlier} " * 4)]
+        j += 1
+    prompt = build_prompt(lm.tokenizer, [*history, question], lm.context_length, reserve=NEW_TOKENS)
+    settings = SamplingSettings(temperature=0.7, top_k=50, top_p=0.95, max_new_tokens=NEW_TOKENS, seed=100 + k)
     return new_trace(lm, prompt.ids, prompt.spans, settings)
 
 

@@ -26,7 +26,7 @@ import torch.nn.functional as F
 
 from core.runner import GenericKV
 
-GROW = 256  # the cache grows in steps of this many positions
+GROW = 128  # the cache grows in steps of this many positions (46 KB each for SmolLM2-135M)
 
 
 @dataclass

@@ -166,9 +166,9 @@ class Scheduler:
             now = time.perf_counter()
             while self._written and now - self._written[0][0] > RATE_WINDOW_S:
                 self._written.popleft()
-            tokens = sum(n for _, n in self._written)
-            span = now - self._written[0][0] if len(self._written) > 1 else 0.0
-            rate = tokens / max(span, 1.0) if self._written else 0.0
+            span = now - self._written[0][0] if self._written else 0.0
+            # under a second of history says little: no rate until then
+            rate = sum(n for _, n in self._written) / span if span >= 1.0 else 0.0
             return Status(len(self._active), len(self._queue), rate, self.max_batch)
 
     # -- the loop ----------------------------------------------------------------------------
