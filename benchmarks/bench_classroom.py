@@ -72,12 +72,16 @@ def turn(lm: LoadedModel, k: int, history_tokens: int = 0):
     history = [Message("system", DEFAULT_SYSTEM_PROMPT)]
     question = Message("user", QUESTIONS[k % len(QUESTIONS)])
     j = 0
-    while history_tokens and len(build_prompt(lm.tokenizer, [*history, question], 10**6).ids) < history_tokens:
+    while (
+        history_tokens and len(build_prompt(lm.tokenizer, [*history, question], 10**6).ids) < history_tokens
+    ):
         earlier = QUESTIONS[(k + j + 1) % len(QUESTIONS)]
         history += [Message("user", earlier), Message("assistant", f"Here is what I know. {earlier} " * 4)]
         j += 1
     prompt = build_prompt(lm.tokenizer, [*history, question], lm.context_length, reserve=NEW_TOKENS)
-    settings = SamplingSettings(temperature=0.7, top_k=50, top_p=0.95, max_new_tokens=NEW_TOKENS, seed=100 + k)
+    settings = SamplingSettings(
+        temperature=0.7, top_k=50, top_p=0.95, max_new_tokens=NEW_TOKENS, seed=100 + k
+    )
     return new_trace(lm, prompt.ids, prompt.spans, settings)
 
 

@@ -14,6 +14,7 @@ from collections.abc import Iterator
 from core.conversation import Message
 from core.generation import Chunk, stream
 from core.models import LoadedModel
+from core.settings import SamplingSettings
 from core.trace import Trace
 
 
@@ -79,3 +80,44 @@ def divergence(a: Trace, b: Trace) -> int | None:
         if x != y:
             return i
     return None
+
+
+def start_retake(source: Message, temperature: float, home: Message | None = None) -> Message:
+    """A "what if" take: the same prompt and settings at another temperature, as a new alternative.
+
+    It keeps the seed, so the two takes differ only by the temperature. Returns the message
+    (empty trace), already in home's alternatives; generate it with stream_branch(..., forced=[]).
+    """
+    trace = source.trace
+    if trace is None:
+        raise BranchError("This reply has no trace, so it cannot be written again.")
+    settings = SamplingSettings(**{**trace.settings.to_dict(), "temperature": float(temperature)}).validated()
+    if settings == trace.settings:
+        raise BranchError("That is the temperature this reply was written at; pick another to compare.")
+    retake_trace = Trace(
+        prompt_ids=list(trace.prompt_ids),
+        spans=list(trace.spans),
+        settings=settings,
+        model_name=trace.model_name,
+        notices=[
+            *trace.notices,
+            f"What if: the same prompt at temperature {settings.temperature:g} "
+            f"(the take it was compared with used {trace.settings.temperature:g}).",
+        ],
+    )
+    message = Message("assistant", "", trace=retake_trace)
+    (home or source).alternatives.append(message)
+    return message
+
+
+def takes_of(home: Message, reply: Message) -> list[Message]:
+    """The other takes of the same turn that `reply` can be compared with: the main-line reply
+    and its alternatives (earlier takes, branches, what-ifs), same prompt, `reply` left out."""
+    trace = reply.trace
+    if trace is None:
+        return []
+    return [
+        m
+        for m in [home, *home.alternatives]
+        if m is not reply and m.trace is not None and m.trace.prompt_ids == trace.prompt_ids
+    ]

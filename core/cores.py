@@ -34,11 +34,26 @@ def usable_cores() -> int:
     return min(cores, quota) if quota else cores
 
 
+_FITTED: int | None = None  # what fit_torch_threads settled on
+
+
 def fit_torch_threads() -> int:
     """Use at most the usable cores (see the module's docstring); returns torch's thread count."""
     import torch
 
+    global _FITTED
     cores = usable_cores()
     if torch.get_num_threads() > cores:
         torch.set_num_threads(cores)
-    return torch.get_num_threads()
+    _FITTED = torch.get_num_threads()
+    return _FITTED
+
+
+def torch_threads() -> int:
+    """The thread count for work over many tokens (a prompt, an explanation pass).
+
+    subtle: torch.set_num_threads in one thread also sets the count that threads started
+    later begin with. The decode loop sets 1 thread for some single-token steps, so a page
+    run on a thread started meanwhile would begin with 1: passes set this count themselves.
+    """
+    return _FITTED or usable_cores()

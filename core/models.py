@@ -82,9 +82,9 @@ class LoadedModel:
     config: Any  # the model's config (a transformers config, or config.json as a namespace)
     eos_ids: frozenset[int]
     lean: Any = None  # core.kvcache.LeanModel | None
-    # Serialises every use of the model: generation and explanation passes alike (two
-    # sessions decoding at once on 2 cores would each crawl at well under half speed), and
-    # hands it over in turn: chats token by token, long passes layer by layer (core/fairlock.py).
+    # Serialises every use of the model, handed over in turn (core/fairlock.py): the shared
+    # decode loop (core/scheduler.py, which writes every session's replies in one batch) step
+    # by step, explanation passes layer by layer.
     lock: FairLock = field(default_factory=FairLock, repr=False)
     _model: Any = field(default=None, repr=False)
     _pending: Future | None = field(default=None, repr=False)

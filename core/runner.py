@@ -32,6 +32,7 @@ from typing import Any
 
 import torch
 
+from core.cores import torch_threads
 from core.models import LoadedModel
 
 ATTENTION_IMPL = "glassbox_rows"
@@ -242,7 +243,9 @@ class _sharing:
 
     def __enter__(self) -> _sharing:
         model, lock = self.runner.model, self.runner.lm.lock
-        original, threads = model.config._attn_implementation, torch.get_num_threads()
+        original, threads = model.config._attn_implementation, torch_threads()
+        self.caller_threads = torch.get_num_threads()
+        torch.set_num_threads(threads)
         progress, me = _PROGRESS.get(), threading.get_ident()
         blocks = decoder_layers(model)
         total = len(blocks) if self.layers is None else min(self.layers, len(blocks))
@@ -285,6 +288,7 @@ class _sharing:
     def __exit__(self, *exc: object) -> None:
         for handle in self.handles:
             handle.remove()
+        torch.set_num_threads(self.caller_threads)
 
 
 class _frozen:

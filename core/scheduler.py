@@ -36,6 +36,7 @@ from typing import Any
 
 import torch
 
+from core.cores import torch_threads
 from core.fairlock import CHAT
 from core.kvcache import LeanModel, SessionKV, forward_batch
 from core.sampling import sampling_probs
@@ -124,7 +125,7 @@ class Scheduler:
         self.lm = lm
         self.max_batch = max_batch or _limit("GLASSBOX_MAX_BATCH", MAX_BATCH)
         self.max_kv_bytes = (max_kv_mb or _limit("GLASSBOX_MAX_KV_MB", MAX_KV_MB)) * 2**20
-        most = torch.get_num_threads()
+        most = torch_threads()
         self._thread_candidates = list(range(1, most + 1)) if most <= 4 else [1, 2, most // 2, most]
         # threads for batched steps, per batch size class: tried on this machine (_threads_for_batch)
         self._thread_trials: dict[int, dict[int, list[float]]] = {}
@@ -183,7 +184,6 @@ class Scheduler:
                 continue  # the model is busy (a pass): look again, so a stop while waiting is heard
             ended: list[Reply] = []
             try:
-                saved = torch.get_num_threads()
                 with torch.inference_mode():
                     while True:
                         ended += self._step()
@@ -191,7 +191,6 @@ class Scheduler:
                             if not self._active and not self._admissible():
                                 break
                         lock.yield_turn()  # a waiting pass gets its chunk; threads are set again per step
-                torch.set_num_threads(saved)
             except Exception as exc:  # noqa: BLE001 - never let the loop die: fail the replies in it
                 with self._cond:
                     failing, self._active = self._active, []
@@ -200,6 +199,7 @@ class Scheduler:
                     reply.out.put(exc)
                     ended.append(self._end(reply, "stopped"))
             finally:
+                torch.set_num_threads(torch_threads())  # what threads started later begin with
                 lock.release()
                 for reply in ended:  # after the release: a reader that returns finds the model free
                     reply.done.set()
@@ -286,6 +286,7 @@ class Scheduler:
         if going:
             self._forward(going)
         self._prefill()
+        torch.set_num_threads(torch_threads())  # see core.cores.torch_threads: not 1 between steps
         return ended
 
     def _choose_all(self, ready: list[Reply]) -> list[tuple[Reply, int, str | None]]:

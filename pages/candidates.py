@@ -10,7 +10,7 @@ import time
 
 import streamlit as st
 
-from core.branch import BranchError, branch, divergence
+from core.branch import BranchError, branch, divergence, start_retake, stream_branch, takes_of
 from core.cache import BoundedCache
 from core.charts.candidates import STEP_PICK, candidates_bar, lens_heatmap, reply_line, what_if_side_by_side
 from core.explain.candidates import (
@@ -24,11 +24,12 @@ from core.explain.candidates import (
 from core.explain.forward import context_ids
 from core.explain.lens import MIDDLE_LAYERS_NOTE, first_layer_with_answer, lens_table
 from core.explain.summary import percent
-from core.html import chips, probability_legend
+from core.html import chips, probability_legend, text_block
 from core.settings import MAX_REPETITION_PENALTY, SamplingSettings
 from core.tokens import readable, step_label
 from core.trace import Trace
 from pages import common, links, persist, transfer
+from pages.explain_panel import plain_label
 
 STEP = "candidates.step"  # URL: ?reply=&step= (0-based)
 LINE = "candidates.line"
@@ -222,31 +223,95 @@ def branch_view(ref: common.ReplyRef, i: int) -> None:
     compare(ref)
 
 
-def compare(ref: common.ReplyRef) -> None:
-    """The reply next to a related one (its branches, or its parent), divergence marked."""
-    trace = ref.message.trace
+def _take_name(trace: Trace, other: Trace) -> str:
+    if other.branch_of == trace.trace_id:
+        return f"Branch at step {other.branch_step + 1}"
+    if trace.branch_of == other.trace_id:
+        return "The reply this one branched from"
+    if other.settings.temperature != trace.settings.temperature:
+        return f"Take at temperature {other.settings.temperature:g}"
+    return f"Take with seed {other.settings.seed}"
 
-    def is_related(t: Trace) -> bool:
-        return t.branch_of == trace.trace_id or (
-            trace.branch_of is not None and t.trace_id == trace.branch_of
+
+def compare(ref: common.ReplyRef) -> None:
+    """This reply next to another take of the same turn (a branch, an earlier take, a what-if at
+    another temperature), aligned at the step where they part, each token with its probability."""
+    trace = ref.message.trace
+    home = common.messages()[ref.position]
+    st.subheader("Compare two takes")
+    what_if_take(ref, home)
+    takes = [m for m in takes_of(home, ref.message) if m.trace.steps]
+    if not takes:
+        st.caption(
+            "Branch here, regenerate the reply in the chat, or write a take at another temperature to compare."
+        )
+        return
+    ids = [m.trace.trace_id for m in takes]
+    wanted = st.session_state.get("candidates.compare")
+    if wanted not in ids:
+        st.session_state["candidates.compare"] = ids[-1]
+    chosen = st.selectbox(
+        "Compare with",
+        ids,
+        format_func=lambda t: _take_name(trace, takes[ids.index(t)].trace),
+        key="candidates.compare",
+    )
+    other = takes[ids.index(chosen)].trace
+    at = divergence(trace, other)
+    if at is None:  # one is the other's beginning: they part where the shorter one ends
+        st.markdown(
+            f"**Side by side**: the two takes agree on all of their first {min(len(trace.steps), len(other.steps))} steps."
+        )
+        return
+    st.markdown(
+        f"**Side by side**: they diverge at step {at + 1} (outlined); each token shows its probability."
+    )
+    if at:
+        st.caption("Both begin with:")
+        st.html(text_block("".join(s.text for s in trace.steps[:at])))
+    left, right = st.columns(2)
+    for col, t, title in ((left, trace, "This reply"), (right, other, _take_name(trace, other))):
+        with col:
+            st.caption(f"{title}, from step {at + 1}")
+            st.html(chips(reply_chips(tok, t, marked=at, start=at, with_prob=True)))
+    theirs = other.steps[at].token_id
+    if theirs in trace.steps[at].top_ids[:10]:
+        st.page_link(
+            "pages/why.py",
+            label=plain_label(
+                f"Why “{readable(tok, trace.steps[at].token_id)}” rather than “{readable(tok, theirs)}” at step {at + 1}?"
+            ),
+            icon="🔎",
+            query_params={"reply": trace.trace_id, "step": str(at), "rival": str(theirs)},
         )
 
-    related = [r.message for r in common.replies() if is_related(r.message.trace)]
-    if not related:
+
+def what_if_take(ref: common.ReplyRef, home) -> None:
+    """Write another take of this reply at another temperature (the model runs: an explicit action)."""
+    if persist.readonly():
         return
-    ids = [m.trace.trace_id for m in related]
-    wanted = st.session_state.get("candidates.compare")
-    other = related[ids.index(wanted)] if wanted in ids else related[-1]
-    at = divergence(trace, other.trace)
-    st.markdown(f"**Side by side** — they diverge at step {at + 1 if at is not None else '—'} (outlined).")
-    left, right = st.columns(2)
-    for col, t, title in (
-        (left, trace, "This reply"),
-        (right, other.trace, "Branch" if other.trace.branch_of == trace.trace_id else "Other reply"),
-    ):
-        with col:
-            st.caption(title)
-            st.html(chips(reply_chips(tok, t, marked=at)))
+    trace = ref.message.trace
+    cols = st.columns([2, 1], vertical_alignment="bottom")
+    temperature = cols[0].slider(
+        "What if the temperature were…",
+        0.0,
+        2.0,
+        value=1.0 if trace.settings.temperature < 0.5 else 0.0,
+        step=0.1,
+        key="candidates.retake_temperature",
+        help="Writes a new take of this reply with the same prompt, settings and seed, at this temperature; "
+        "it is kept among the reply's takes in the chat.",
+    )
+    if cols[1].button("✍️ Write that take", key="candidates.retake"):
+        try:
+            message = start_retake(ref.message, temperature, home=home)
+        except BranchError as exc:
+            st.error(str(exc))
+            return
+        with st.spinner(f"The model is writing the take at temperature {temperature:g}…"):
+            for _ in stream_branch(lm, message, []):
+                pass
+        st.session_state["candidates.compare"] = message.trace.trace_id
 
 
 def lens_view(trace: Trace, i: int) -> None:

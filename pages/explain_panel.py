@@ -7,6 +7,7 @@ reply's trace; nothing here runs the model.
 from __future__ import annotations
 
 import re
+from contextlib import nullcontext
 from pathlib import Path
 
 import streamlit as st
@@ -14,9 +15,11 @@ import streamlit as st
 from core.cache import BoundedCache
 from core.conversation import Message
 from core.explain.candidates import find_repetition, reply_chips, runner_up, uncertain_moments
+from core.explain.commitment import commitment, commitment_legend, rank_chips, rank_legend, strip_chips
 from core.explain.summary import answers_earlier_turn, context_before, percent, summarize
 from core.export import explanation_json
 from core.html import chips, probability_legend, text_block
+from core.runner import runner_for
 from core.tokens import readable
 from pages import common
 
@@ -30,6 +33,8 @@ EXPLAIN_PAGES = [
     ("pages/walkthrough.py", "From prompt to reply", "🚶"),
 ]
 _VIEWS: BoundedCache[tuple[str, str]] = BoundedCache(32)  # (chips html, summary) per reply
+_COMMITMENT: BoundedCache[object] = BoundedCache(32)  # commitment table per reply (one model pass each)
+COLOURINGS = {"sure": "Probability", "rank": "Rank", "layer": "Layer"}  # short: a phone fits all three
 _MARKDOWN = re.compile(r"([\\`*_{}\[\]()#+\-.!<>|~$])")
 
 
@@ -48,6 +53,23 @@ def _views(message: Message) -> tuple[str, str]:
     )
 
 
+def commitment_strip(message: Message) -> None:
+    """Chips coloured by the layer from which the lens kept each token as its top choice."""
+    trace = message.trace
+    lm = common.model_for(trace)
+    key = (trace.trace_id, len(trace.steps))
+    reading = f"Reading every layer for the reply's {len(trace.steps):,} tokens:"
+    with nullcontext() if key in _COMMITMENT else common.model_pass(reading):  # a bar only for a pass
+        table = _COMMITMENT.get_or_compute(key, lambda: commitment(lm, trace))
+    n_layers = runner_for(lm).facts.n_layers
+    st.caption(
+        f"Each chip is one token; the small number is the layer from which the logit lens had it as the "
+        f"top choice at every layer up to the output (layer {n_layers}). Darker: settled earlier. Hover or "
+        "tap a chip for its rank too."
+    )
+    st.html(chips(strip_chips(lm.tokenizer, table, n_layers), commitment_legend(n_layers), tap=True))
+
+
 def show(message: Message) -> None:
     """Chips, summary, the three least-sure moments and links, for one reply."""
     trace = message.trace
@@ -60,11 +82,27 @@ def show(message: Message) -> None:
     tok = written_by.tokenizer
     chip_html, summary = _views(message)
     with st.container(border=True, key=f"explain.panel.{message.id}"):
-        st.caption(
-            "Each chip is one token, coloured by how sure the model was of it; a dark badge is a special "
-            "token such as `<|im_end|>`, the end of the turn. Tap or hover a chip for the top 5."
+        colour_by = st.segmented_control(
+            "Colour the tokens by",
+            list(COLOURINGS),
+            format_func=COLOURINGS.get,
+            default="sure",
+            key=f"explain.colour.{message.id}",
+            help="Probability: how sure the model was of the chosen token. Rank (as in GLTR): where the chosen "
+            "token stood among all candidates, top 1, top 10, top 100 or beyond. Layer: the first layer from "
+            "which the logit lens keeps the token as its top choice up to the output (one model pass).",
         )
-        st.html(chip_html)
+        if colour_by == "rank":
+            st.caption("Each chip is one token, coloured by the chosen token's rank among all candidates.")
+            st.html(chips(rank_chips(tok, trace), rank_legend(), tap=True))
+        elif colour_by == "layer":
+            commitment_strip(message)
+        else:
+            st.caption(
+                "Each chip is one token, coloured by how sure the model was of it; a dark badge is a special "
+                "token such as `<|im_end|>`, the end of the turn. Tap or hover a chip for the top 5."
+            )
+            st.html(chip_html)
         st.html(text_block(summary))
         st.markdown(
             "**Where it was least sure**: the closest calls, where the runner-up was likeliest",

@@ -98,3 +98,49 @@ def test_what_if_repetition_penalty_starts_at_the_reply_setting_and_recomputes(a
     assert not app.exception
     specs = " ".join(e.proto.spec for e in app.get("vega_lite_chart"))
     assert "penalty=2" in specs
+
+
+def test_a_what_if_take_at_another_temperature_is_compared_side_by_side(app):
+    app.chat_input[0].set_value("Write a sentence about the sea.").run()
+    reply = app.session_state["chat.messages"][-1]
+    app.switch_page("pages/candidates.py")
+    app.query_params["reply"] = reply.trace.trace_id
+    app.run()
+    assert not app.exception
+    app.slider(key="candidates.retake_temperature").set_value(1.8).run()
+    app.button(key="candidates.retake").click().run()
+    assert not app.exception
+    take = reply.alternatives[-1].trace
+    assert take.settings.temperature == 1.8 and reply.trace.settings.temperature == 0.0
+    assert take.settings.seed == reply.trace.settings.seed and take.prompt_ids == reply.trace.prompt_ids
+    assert any("temperature 1.8" in n for n in take.notices)
+    assert app.selectbox(key="candidates.compare").value == take.trace_id
+    at = next(i for i, (a, b) in enumerate(zip(reply.trace.output_ids, take.output_ids)) if a != b)
+    text = " ".join(m.value for m in app.markdown)
+    assert f"they diverge at step {at + 1}" in text
+    markup = _html(app)
+    # aligned at the divergence: each column starts at that step, the first chip outlined, with its probability
+    assert markup.count('class="gb-chip marked') >= 2
+    assert f"step {at + 1}:" in markup and "%</span>" in markup
+    why = [e.proto for e in app.get("page_link") if "why" in e.proto.page and "rather than" in e.proto.label]
+    rival = take.output_ids[at]
+    offered = rival in reply.trace.steps[at].top_ids[:10]  # the why page offers the top 10 as rivals
+    assert len(why) == int(offered)
+    if offered:
+        assert f"step={at}" in why[0].query_string and f"rival={rival}" in why[0].query_string
+
+
+def test_an_earlier_take_of_a_regenerated_reply_can_be_compared(app):
+    app.chat_input[0].set_value("Name a fruit.").run()
+    app.session_state["chat.temperature"] = 1.0
+    app.run()
+    app.button(key="chat.regenerate").click().run()
+    latest = app.session_state["chat.messages"][-1]
+    assert len(latest.alternatives) == 1
+    app.switch_page("pages/candidates.py")
+    app.query_params["reply"] = latest.trace.trace_id
+    app.run()
+    assert not app.exception
+    compare = app.selectbox(key="candidates.compare")
+    assert compare.value == latest.alternatives[0].trace.trace_id
+    assert "Take at temperature 0" in compare.options[0] or "Take with seed" in compare.options[0]

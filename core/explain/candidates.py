@@ -277,16 +277,31 @@ def top_alternatives_text(tokenizer: Any, step: Step, n: int = 5) -> str:
     return "\n".join(lines)
 
 
+def percent(p: float) -> str:
+    """0.38 -> "38%"; 0.004 -> "0.4%"; 0.00001 -> "<0.1%" (never a misleading "0%")."""
+    if p >= 0.01:
+        return f"{p:.0%}"
+    return f"{p:.1%}" if p >= 0.001 else "<0.1%"
+
+
 def reply_chips(
-    tokenizer: Any, trace: Trace, marked: int | None = None, upto: int | None = None
+    tokenizer: Any,
+    trace: Trace,
+    marked: int | None = None,
+    upto: int | None = None,
+    start: int = 0,
+    with_prob: bool = False,
 ) -> list[Chip]:
     """The reply as chips coloured by the chosen token's probability, hover = top 5 alternatives.
 
-    marked: a step to outline (the current position); upto: show only steps [0, upto).
+    marked: a step to outline (the current position); steps [start, upto) are shown;
+    with_prob: the probability written under each chip too.
     Chip text comes from the token ids (core.tokens.readable), never from raw HTML.
     """
     items = []
     for i, s in enumerate(trace.steps[:upto]):
+        if i < start:
+            continue
         text = readable(tokenizer, s.token_id)
         css = ["marked"] if i == marked else []
         if text.startswith("<0x"):
@@ -294,5 +309,6 @@ def reply_chips(
         if is_special(tokenizer, s.token_id):
             css.append("special")
         title = f"step {i + 1}: " + top_alternatives_text(tokenizer, s)
-        items.append(Chip(text, title=title, background=probability_colour(s.prob), css=tuple(css)))
+        sub = percent(s.prob) if with_prob else None
+        items.append(Chip(text, title=title, background=probability_colour(s.prob), sub=sub, css=tuple(css)))
     return items

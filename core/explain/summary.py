@@ -11,7 +11,7 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-from core.explain.candidates import SURE, Repetition, find_repetition, runner_up, uncertain_moments
+from core.explain.candidates import SURE, Repetition, find_repetition, percent, runner_up, uncertain_moments
 from core.tokens import readable
 from core.trace import Trace
 
@@ -46,13 +46,6 @@ def context_before(tokenizer: Any, trace: Trace, step: int, n_tokens: int = 4) -
     """The few words the model had just written before `step` (plain text, one line)."""
     text = "".join(s.text for s in trace.steps[max(0, step - n_tokens) : step])
     return " ".join(text.split())[-40:]
-
-
-def percent(p: float) -> str:
-    """0.38 -> "38%"; 0.004 -> "0.4%"; 0.00001 -> "<0.1%" (never a misleading "0%")."""
-    if p >= 0.01:
-        return f"{p:.0%}"
-    return f"{p:.1%}" if p >= 0.001 else "<0.1%"
 
 
 def _ordinal(n: int) -> str:
