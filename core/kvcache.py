@@ -24,6 +24,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from core.memory import give_back_freed_memory
 from core.runner import GenericKV
 
 GROW = 128  # the cache grows in steps of this many positions (46 KB each for SmolLM2-135M)
@@ -117,6 +118,7 @@ def batch_weights(lean: LeanModel) -> BatchWeights | None:
             if not torch.backends.mkldnn.is_available():
                 return None
             lean.batched = BatchWeights(lean)
+            give_back_freed_memory()  # the transposed copies packing went through (0.5 GB)
         except (RuntimeError, AttributeError, NotImplementedError):
             return None
     return lean.batched
@@ -326,7 +328,10 @@ class SessionKV:
             raise ValueError(f"the KV cache is limited to {self.max_tokens:,} positions; {need:,} requested")
         if need <= self.capacity:
             return
-        size = min(-(-need // GROW) * GROW, self.max_tokens)
+        # a first reservation fits the reply (16 sessions of a class hold 16 of these at once);
+        # a cache that grows across turns grows by GROW, so it is not copied at every turn
+        step = GROW if self.capacity else 16
+        size = min(-(-need // step) * step, self.max_tokens)
         shape = (lean.n_layers, lean.n_kv_heads, size, lean.head_dim)
         keys, values = torch.empty(shape), torch.empty(shape)
         if self.ids and self.keys is not None and self.values is not None:
