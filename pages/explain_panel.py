@@ -93,7 +93,16 @@ def show(message: Message) -> None:
             "which the logit lens keeps the token as its top choice up to the output (one model pass).",
         )
         if colour_by == "rank":
-            st.caption("Each chip is one token, coloured by the chosen token's rank among all candidates.")
+            greedy = trace.settings.greedy and all(s.rank == 1 for s in trace.steps)
+            st.caption(
+                "Each chip is one token, coloured by the chosen token's rank among all candidates."
+                + (
+                    " This reply was written greedily (temperature 0), so every token is the top 1: the "
+                    "colours tell more on a reply written at a higher temperature."
+                    if greedy
+                    else ""
+                )
+            )
             st.html(chips(rank_chips(tok, trace), rank_legend(), tap=True))
         elif colour_by == "layer":
             commitment_strip(message)

@@ -105,7 +105,7 @@ def test_the_explain_panel_colours_the_reply_by_layer_and_by_rank(lm):
     at.button_group(key=f"explain.colour.{reply.id}").set_value("layer").run()
     assert not at.exception
     html = "".join(e.proto.body for e in at.get("html"))
-    assert "settled by layer" in html and "top-1 from" in html
+    assert "never top-1 (sampled)" in html and "top-1 from" in html
     at.button_group(key=f"explain.colour.{reply.id}").set_value("rank").run()
     assert not at.exception
     html = "".join(e.proto.body for e in at.get("html"))

@@ -97,12 +97,10 @@ def layer_colour(layer: int | None, n_layers: int) -> str:
 
 
 def commitment_legend(n_layers: int) -> list[tuple[str, str]]:
-    third = max(n_layers // 3, 1)
-    return [
-        (layer_colour(0, n_layers), f"settled by layer {third}"),
-        (layer_colour(2 * third, n_layers), f"by layer {2 * third}"),
-        (layer_colour(n_layers, n_layers), f"only at layer {n_layers}"),
-        (layer_colour(None, n_layers), "never top-1 (sampled)"),
+    """Four points of the blue ramp, by the layer they stand for, and the grey of "never"."""
+    marks = sorted({0, n_layers // 3, 2 * n_layers // 3, n_layers})
+    return [(layer_colour(m, n_layers), f"layer {m}") for m in marks] + [
+        (layer_colour(None, n_layers), "never top-1 (sampled)")
     ]
 
 
