@@ -47,7 +47,7 @@ from core.trace import TOP_CANDIDATES, Step, Trace
 LN2 = 0.6931471805599453
 MAX_BATCH = 16  # replies written at once (GLASSBOX_MAX_BATCH)
 MAX_KV_MB = 1536  # KV memory the replies in the batch may need together (GLASSBOX_MAX_KV_MB)
-PREFILL_S = 0.25  # a prefill chunk stalls the batch about this long
+PREFILL_S = 0.2  # a prefill chunk stalls the replies being written about this long (plus their step)
 FIRST_CHUNK, MIN_CHUNK, MAX_CHUNK = 128, 16, 4096  # prefill chunk sizes (tokens)
 TRIALS = 4  # batched steps timed per candidate thread count before the scheduler settles
 RATE_WINDOW_S = 5.0  # the aggregate tokens per second is measured over this window
@@ -411,7 +411,11 @@ class Scheduler:
             del self._thread_trials[size]
 
     def _prefill(self) -> None:
-        """Read waiting prompts, a chunk at a time, for about PREFILL_S in all."""
+        """Read waiting prompts a chunk at a time. While other replies are being written, one
+        chunk per step, sized so that it takes about PREFILL_S: that is how long they stall.
+        With nobody else writing, chunks follow each other for up to PREFILL_S, then the loop
+        comes round to admit newcomers."""
+        writing = any(not r.pending for r in self._active)
         deadline = time.perf_counter() + PREFILL_S
         for reply in list(self._active):
             if not reply.pending or reply.gone():
@@ -423,17 +427,21 @@ class Scheduler:
                 reply.logits = reply.kv.generic.forward(self.lm.model, reply.pending)
                 reply.pending = []
                 continue
-            while reply.pending and time.perf_counter() < deadline:
+            while reply.pending:
                 part = reply.pending[: self._chunk]
                 began = time.perf_counter()
                 logits = reply.kv.forward(reply.lean, part)
                 took = time.perf_counter() - began
                 reply.pending = reply.pending[len(part) :]
                 if len(part) == self._chunk:  # a full chunk: size the next one to PREFILL_S
-                    rate = len(part) / max(took, 1e-6)
-                    self._chunk = int(min(max(rate * PREFILL_S, MIN_CHUNK), MAX_CHUNK))
+                    # subtle: a chunk further into the prompt reads more keys and costs more, so
+                    # the size follows the last chunk's time rather than a fixed tokens/s
+                    scaled = self._chunk * PREFILL_S / max(took, 1e-6)
+                    self._chunk = int(min(max(scaled, MIN_CHUNK), MAX_CHUNK))
                 if not reply.pending:
                     reply.logits = logits
+                if writing or time.perf_counter() >= deadline:
+                    return  # one chunk per step while others write
 
     def _leave(self, reply: Reply, finish: str) -> Reply:
         with self._cond:
