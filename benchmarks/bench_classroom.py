@@ -26,7 +26,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import resource
 import statistics
 import subprocess
@@ -39,6 +38,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
 
+from benchmarks.report import cpu_model, print_rows  # noqa: E402
 from core.conversation import Message, build_prompt  # noqa: E402
 from core.generation import decode_threads, generate, measure_decode_threads, new_trace, stream, warm_up  # noqa: E402
 from core.kvcache import SessionKV  # noqa: E402
@@ -119,16 +119,6 @@ def classroom(lm: LoadedModel, n: int, history_tokens: int = 0) -> dict:
         "total": total,
         "traces": traces,
     }
-
-
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def p95(values: list[float]) -> float:
@@ -322,17 +312,13 @@ def main() -> int:
     tokens8 = med(g["tokens"] for g in eight)
     print()
     print(
-        f"CPU: {cpu_name()}, {os.cpu_count()} cores, torch threads "
+        f"CPU: {cpu_model()}, {os.cpu_count()} cores, torch threads "
         f"{torch.get_num_threads()}; single steps on {lm.decode_threads} thread(s), batched steps on "
         f"(batch size class: threads) {shared.batch_threads}, measured ms per step {shared.thread_timings}. Replies: up to "
         f"{NEW_TOKENS} tokens at temperature 0.7 (8 sessions wrote {tokens8:.0f} tokens a round); "
         f"{args.rounds} rounds, medians. Largest batch: {shared.largest_batch}."
     )
-    print("| case | measured | baseline (same run) | goal | met |")
-    print("|---|---|---|---|---|")
-    for name, got, baseline, goal, ok in rows:
-        print(f"| {name} | {got} | {baseline} | {goal} | {'yes' if ok else 'NO'} |")
-    return 0 if all(r[-1] for r in rows) else 1
+    return print_rows(rows)
 
 
 if __name__ == "__main__":

@@ -27,6 +27,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from benchmarks.report import print_rows  # noqa: E402
 from core.conversation import Message, build_prompt  # noqa: E402
 from core.explain import attention as att  # noqa: E402
 from core.generation import generate, new_trace, stream  # noqa: E402
@@ -157,11 +158,7 @@ def main() -> int:
         f"{len(shared_ttfts)} replies in {args.rounds} rounds. "
         f"Median TTFT {statistics.median(base_ttfts):.3f} s alone, {statistics.median(shared_ttfts):.3f} s with the pass."
     )
-    print("| case | measured | baseline (same run) | goal | met |")
-    print("|---|---|---|---|---|")
-    for name, got, baseline, goal, ok in rows:
-        print(f"| {name} | {got} | {baseline} | {goal} | {'yes' if ok else 'NO'} |")
-    return 0 if all(r[-1] for r in rows) else 1
+    return print_rows(rows)
 
 
 if __name__ == "__main__":

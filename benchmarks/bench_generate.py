@@ -28,6 +28,7 @@ from pathlib import Path
 import torch
 from transformers.generation.streamers import BaseStreamer
 
+from benchmarks.report import cpu_model
 from core.conversation import Message, build_prompt, encode_messages
 from core.cores import fit_torch_threads
 from core.generation import generate, measure_decode_threads, new_trace, stream, warm_up
@@ -395,16 +396,6 @@ def load_rows(repeats: int, skip_cold: bool) -> list[Row]:
         )
     )
     return rows
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return "unknown CPU"
 
 
 def print_table(rows: list[Row]) -> None:
