@@ -25,8 +25,10 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import torch
-from transformers.generation.streamers import BaseStreamer
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # `make bench` runs this file directly
+
+import torch  # noqa: E402
+from transformers.generation.streamers import BaseStreamer  # noqa: E402
 
 from benchmarks.report import cpu_model
 from core.conversation import Message, build_prompt, encode_messages
