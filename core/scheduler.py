@@ -240,9 +240,11 @@ class Scheduler:
         for reply in joining:
             if reply.gone():
                 with self._cond:
-                    if reply in self._active:
+                    admitted = reply in self._active
+                    if admitted:
                         self._active.remove(reply)
-                reply.kv.busy = False
+                if admitted:  # only its own admission made the cache busy: another reply may hold it
+                    reply.kv.busy = False
                 self._end(reply, "stopped").done.set()
             else:
                 try:
