@@ -15,6 +15,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+from playwright.sync_api import TimeoutError as PlaywrightTimeout
 
 ROOT = Path(__file__).resolve().parents[2]
 SHOTS = ROOT / "artifacts" / "screenshots"
@@ -304,11 +305,24 @@ def go_to(page, title: str) -> None:
     """Open another page through the sidebar menu (keeps the session, unlike page.goto)."""
     link = page.locator('[data-testid="stSidebarNav"] a').filter(has_text=title).first
     target = link.get_attribute("href") or ""
-    link.click()
-    if target:  # wait for the switch itself: the script state alone can still read "notRunning"
-        page.wait_for_function(
-            "(t) => location.href.split('?')[0] === new URL(t, location.href).href.split('?')[0]", arg=target
-        )
+    for attempt in range(3):
+        link.click()
+        if not target:
+            break
+        # wait for the switch itself: the script state alone can still read "notRunning".
+        # subtle: a click that lands while the page reruns (the first reply saves the
+        # conversation and reruns to list it) can be lost, as a submit can (start_send)
+        try:
+            page.wait_for_function(
+                "(t) => location.href.split('?')[0] === new URL(t, location.href).href.split('?')[0]",
+                arg=target,
+                timeout=20_000,
+            )
+            break
+        except PlaywrightTimeout:
+            if attempt == 2:
+                raise
+            wait_idle(page)
     page.wait_for_timeout(300)
     wait_idle(page)
 
