@@ -38,6 +38,8 @@ class Chip:
     (e.g. the token id). css: extra class names from this module's stylesheet: "special"
     (template tokens), "bytes" (part of a UTF-8 character), "chosen", "marked".
     href: a relative link ("?step=3"); only query strings and relative paths are accepted.
+    more: (label, relative link) shown under the title when a tapped chip opens it: the way from
+    one token to a page about it (an <a> inside a chip link could not be clicked on its own).
     """
 
     text: str
@@ -46,6 +48,7 @@ class Chip:
     sub: str | None = None
     css: tuple[str, ...] = ()
     href: str | None = None
+    more: tuple[str, str] | None = None
 
 
 STYLE = """
@@ -64,6 +67,7 @@ STYLE = """
 details.gb-chip>summary{list-style:none;cursor:pointer}
 details.gb-chip>summary::-webkit-details-marker{display:none}
 details.gb-chip[open]{outline:2px solid #2563eb}
+.gb-pop a.gb-more{display:inline-block;margin-top:.3em;font-weight:600;color:#1d4ed8}
 .gb-pop{position:absolute;left:0;right:0;z-index:5;margin-top:.25em;padding:.3em .6em;background:#fff;color:#111;border:1px solid #94a3b8;border-radius:6px;box-shadow:0 2px 8px rgba(0,0,0,.18);white-space:pre-wrap;font-size:.8rem;line-height:1.45;font-style:normal;font-weight:400;text-align:left}
 </style>
 """
@@ -89,9 +93,13 @@ def chip(c: Chip, tap: bool = False) -> str:
     if href is not None:
         return f'<a class="{classes}" href="{esc(href)}" target="_self"{style}{title}>{body}</a>'
     if tap and c.title:
+        more = ""
+        if c.more is not None:
+            label, link = c.more
+            more = f'\n<a class="gb-more" href="{esc(_href(link))}" target="_self">{esc(label)}</a>'
         return (
             f'<details class="{classes}" name="gb-tap"{style}{title}><summary>{body}</summary>'
-            f'<div class="gb-pop">{esc(c.title)}</div></details>'
+            f'<div class="gb-pop">{esc(c.title)}{more}</div></details>'
         )
     return f'<span class="{classes}"{style}{title}>{body}</span>'
 

@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import re
 from contextlib import nullcontext
+from dataclasses import replace
 from pathlib import Path
+from urllib.parse import urlencode
 
 import streamlit as st
 
@@ -18,10 +20,11 @@ from core.explain.candidates import find_repetition, reply_chips, runner_up, unc
 from core.explain.commitment import commitment, commitment_legend, rank_chips, rank_legend, strip_chips
 from core.explain.summary import answers_earlier_turn, context_before, percent, summarize
 from core.export import explanation_json
-from core.html import chips, probability_legend, text_block
+from core.html import Chip, chips, probability_legend, text_block
 from core.runner import runner_for
 from core.tokens import readable
-from pages import common
+from core.trace import Trace
+from pages import common, links
 
 ROOT = Path(__file__).resolve().parent.parent
 EXPLAIN_PAGES = [
@@ -43,13 +46,28 @@ def plain_label(text: str) -> str:
     return _MARKDOWN.sub(r"\\\1", text)
 
 
+def why_links(items: list[Chip], trace: Trace) -> list[Chip]:
+    """Chip i is step i of the reply: tapping it opens its popover, with a link to "Why this
+    word?" for that step (the conversation id rides along, so the link also opens in a new tab)."""
+    ride = {name: st.query_params[name] for name in links.RIDE_ALONG if name in st.query_params}
+    return [
+        replace(
+            c, more=("🔎 Why this word?", "why?" + urlencode({**ride, "reply": trace.trace_id, "step": i}))
+        )
+        for i, c in enumerate(items)
+    ]
+
+
 def _views(message: Message) -> tuple[str, str]:
     trace = message.trace
     tok = common.model_for(trace, full=False).tokenizer  # the tokenizer of the model that wrote it
-    key = (trace.trace_id, len(trace.steps), trace.finish_reason)
+    key = (trace.trace_id, len(trace.steps), trace.finish_reason, st.query_params.get("c"))
     return _VIEWS.get_or_compute(
         key,
-        lambda: (chips(reply_chips(tok, trace), probability_legend(), tap=True), summarize(tok, trace)),
+        lambda: (
+            chips(why_links(reply_chips(tok, trace), trace), probability_legend(), tap=True),
+            summarize(tok, trace),
+        ),
     )
 
 
@@ -64,10 +82,16 @@ def commitment_strip(message: Message) -> None:
     n_layers = runner_for(lm).facts.n_layers
     st.caption(
         f"Each chip is one token; the small number is the layer from which the logit lens had it as the "
-        f"top choice at every layer up to the output (layer {n_layers}). Darker: settled earlier. Hover or "
-        "tap a chip for its rank too."
+        f"top choice at every layer up to the output (layer {n_layers}). Darker: settled earlier. Tap a chip "
+        "for its rank too, and a link to why the model chose it."
     )
-    st.html(chips(strip_chips(lm.tokenizer, table, n_layers), commitment_legend(n_layers), tap=True))
+    st.html(
+        chips(
+            why_links(strip_chips(lm.tokenizer, table, n_layers), trace),
+            commitment_legend(n_layers),
+            tap=True,
+        )
+    )
 
 
 def show(message: Message) -> None:
@@ -95,7 +119,8 @@ def show(message: Message) -> None:
         if colour_by == "rank":
             greedy = trace.settings.greedy and all(s.rank == 1 for s in trace.steps)
             st.caption(
-                "Each chip is one token, coloured by the chosen token's rank among all candidates."
+                "Each chip is one token, coloured by the chosen token's rank among all candidates. Tap a chip "
+                "for a link to why the model chose it."
                 + (
                     " This reply was written greedily (temperature 0), so every token is the top 1: the "
                     "colours tell more on a reply written at a higher temperature."
@@ -103,13 +128,14 @@ def show(message: Message) -> None:
                     else ""
                 )
             )
-            st.html(chips(rank_chips(tok, trace), rank_legend(), tap=True))
+            st.html(chips(why_links(rank_chips(tok, trace), trace), rank_legend(), tap=True))
         elif colour_by == "layer":
             commitment_strip(message)
         else:
             st.caption(
                 "Each chip is one token, coloured by how sure the model was of it; a dark badge is a special "
-                "token such as `<|im_end|>`, the end of the turn. Tap or hover a chip for the top 5."
+                "token such as `<|im_end|>`, the end of the turn. Tap a chip for the top 5 and a link to why "
+                "the model chose it."
             )
             st.html(chip_html)
         st.html(text_block(summary))

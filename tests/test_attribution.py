@@ -35,6 +35,7 @@ def test_gradient_x_input_explains_the_logit_the_decode_loop_recorded(lm, paris)
     )  # the chosen token's logit
     top = attr.top_tokens(lm.tokenizer, trace, result)
     assert len(top) == 15 and top["share"].between(0, 1).all()
+    assert {"·capital", "·France"} <= set(top["token"])  # the words a learner expects to matter
     shares = attr.category_shares(lm.tokenizer, trace, result)
     assert list(shares) == CATEGORIES and sum(shares.values()) == pytest.approx(1.0)
 

@@ -18,7 +18,9 @@ from tests.e2e.conftest import (
     assert_no_exception,
     go_to,
     open_expander,
+    quick_replies,
     screenshot,
+    send_and_wait,
     send_chat,
     wait_idle,
 )
@@ -114,6 +116,30 @@ def test_explain_hover_candidates_branch_and_lens(page):
     go_to(page, "Chat")
     page.get_by_text("Other takes of this reply (1)").wait_for()
     assert_no_exception(page)
+
+
+def test_a_chip_opens_why_this_word_on_the_heat_text(page):
+    """Issue 17: the learner taps "Paris" in the Explain panel and follows its link."""
+    quick_replies(page, 16)
+    send_and_wait(page, "What is the capital of France?")
+    _explain_first_reply(page)
+    chip = page.locator("details.gb-chip", has_text="Paris").first
+    chip.locator("summary").click()
+    link = chip.locator("a.gb-more")
+    expect(link).to_be_visible()
+    assert "reply=" in link.get_attribute("href") and "c=" in link.get_attribute("href")
+    screenshot(page, "explain-chip-why-link")
+    link.click()
+    page.get_by_role("heading", name="Why this word?").wait_for()
+    wait_idle(page)
+    heading = page.get_by_role("heading", name="Paris")  # "Step N: “·Paris”": the chip's own step
+    heading.wait_for(timeout=120_000)
+    page.get_by_text("pushed towards it").first.wait_for()
+    heat = page.locator(".gb-chips").last
+    assert "France" in heat.inner_text() and "capital" in heat.inner_text()
+    assert page.get_by_text("By gradient × input:").count() == 1  # the shares per part
+    assert_no_exception(page)
+    screenshot(page, "why-from-chip")
 
 
 def test_import_rejects_bad_file_then_hostile_reply_stays_literal(page, lm, tmp_path):
