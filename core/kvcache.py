@@ -18,6 +18,7 @@ changed, the cache is cut back to the last token that is still the same.
 from __future__ import annotations
 
 import itertools
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -62,6 +63,7 @@ class LeanModel:
     cos: torch.Tensor = field(default_factory=lambda: torch.empty(0))  # (positions, head_dim)
     sin: torch.Tensor = field(default_factory=lambda: torch.empty(0))  # sign-folded, see _rope
     batched: BatchWeights | None = None  # for steps of several sessions at once (forward_batch)
+    unpackable: bool = False  # packing failed once: batched steps use the plain weights from then on
 
     @property
     def n_layers(self) -> int:
@@ -112,15 +114,17 @@ class BatchWeights:
 
 
 def batch_weights(lean: LeanModel) -> BatchWeights | None:
-    """The packed weights for batched steps (made on first use), or None without oneDNN."""
-    if lean.batched is None:
+    """The packed weights for batched steps (made on first use), or None without oneDNN.
+
+    A failed packing is not tried again at every step: it is remembered."""
+    if lean.batched is None and not lean.unpackable:
         try:
             if not torch.backends.mkldnn.is_available():
-                return None
+                raise NotImplementedError("torch was built without oneDNN")
             lean.batched = BatchWeights(lean)
             give_back_freed_memory()  # the transposed copies packing went through (0.5 GB)
         except (RuntimeError, AttributeError, NotImplementedError):
-            return None
+            lean.unpackable = True
     return lean.batched
 
 
@@ -351,35 +355,31 @@ class SessionKV:
         end = start + n
         cos_all, sin_all = lean.rope(end)
         cos, sin = cos_all[start:end], sin_all[start:end]  # (n, head_dim)
-        heads, kv_heads, hd = lean.n_heads, lean.n_kv_heads, lean.head_dim
-        q_width, k_width = heads * hd, kv_heads * hd
-        half = hd // 2
         mask = None
         if n > 1 and start > 0:  # new tokens see every cached token and the new ones before them
             mask = torch.arange(end)[None, :] <= torch.arange(start, end)[:, None]  # (n, end)
         causal = n > 1 and start == 0
-        h = lean.embed[torch.tensor(ids)]  # (n, d)
-        for i, w in enumerate(lean.layers):
-            x = _rms_norm(h, w.ln1, lean.eps)
-            qkv = x @ w.qkv  # (n, q_width + 2 * k_width)
-            qk = qkv[:, : q_width + k_width].view(n, heads + kv_heads, hd).transpose(0, 1)  # (h+kv, n, hd)
-            qk = qk * cos + qk.roll(half, dims=-1) * sin
-            q = qk[:heads]  # (heads, n, hd)
+        heads = lean.n_heads
+
+        def attend(i: int, qk: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+            qk = qk.transpose(0, 1)  # (heads + kv_heads, n, hd)
+            assert self.keys is not None and self.values is not None
             self.keys[i, :, start:end] = qk[heads:]
-            self.values[i, :, start:end] = qkv[:, q_width + k_width :].view(n, kv_heads, hd).transpose(0, 1)
+            self.values[i, :, start:end] = v.transpose(0, 1)
             att = F.scaled_dot_product_attention(
-                q[None],
+                qk[None, :heads],
                 self.keys[None, i, :, :end],
                 self.values[None, i, :, :end],
                 attn_mask=mask,
                 is_causal=causal,
-                scale=hd**-0.5,
+                scale=lean.head_dim**-0.5,
                 enable_gqa=True,
             )  # (1, heads, n, hd)
-            h = h + att[0].transpose(0, 1).reshape(n, q_width) @ w.o
-            x = _rms_norm(h, w.ln2, lean.eps)
-            gate_up = x @ w.gate_up  # (n, 2 * ffn)
-            h = h + (F.silu(gate_up[:, : lean.ffn]) * gate_up[:, lean.ffn :]) @ w.down
+            return att[0].transpose(0, 1).reshape(n, heads * lean.head_dim)
+
+        h = lean.embed[torch.tensor(ids)]  # (n, d)
+        for i, w in enumerate(lean.layers):
+            h = _decoder_layer(lean, i, w, h, cos[:, None], sin[:, None], attend)
         self.ids.extend(ids)
         last = _rms_norm(h[-1:], lean.norm, lean.eps)  # (1, d): only the last position's scores
         return (last @ lean.head)[0]  # (vocab,)
@@ -403,22 +403,11 @@ def forward_batch(lean: LeanModel, caches: list[SessionKV], ids: list[int]) -> t
     cos_all, sin_all = lean.rope(max(starts) + 1)
     where = torch.tensor(starts)
     cos, sin = cos_all[where][:, None], sin_all[where][:, None]  # (B, 1, head_dim)
-    heads, kv_heads, hd = lean.n_heads, lean.n_kv_heads, lean.head_dim
-    q_width, k_width = heads * hd, kv_heads * hd
-    half = hd // 2
-    att = torch.empty(B, q_width)  # (B, heads * head_dim): each session's attention output
+    heads, hd = lean.n_heads, lean.head_dim
     packed = batch_weights(lean)
 
-    def times(x: torch.Tensor, i: int, which: int, w: torch.Tensor) -> torch.Tensor:
-        return x @ w if packed is None else packed.product(x, packed.layers[i][which])
-
-    h = lean.embed[torch.tensor(ids)]  # (B, d)
-    for i, w in enumerate(lean.layers):
-        x = _rms_norm(h, w.ln1, lean.eps)
-        qkv = times(x, i, 0, w.qkv)  # (B, q_width + 2 * k_width)
-        qk = qkv[:, : q_width + k_width].view(B, heads + kv_heads, hd)
-        qk = qk * cos + qk.roll(half, dims=-1) * sin  # (B, heads + kv_heads, hd)
-        v = qkv[:, q_width + k_width :].view(B, kv_heads, hd)
+    def attend(i: int, qk: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        att = torch.empty(B, heads * hd)  # each session's attention output
         for b, (c, s) in enumerate(zip(caches, starts, strict=True)):
             c.keys[i, :, s] = qk[b, heads:]
             c.values[i, :, s] = v[b]
@@ -428,16 +417,55 @@ def forward_batch(lean: LeanModel, caches: list[SessionKV], ids: list[int]) -> t
                 c.values[None, i, :, : s + 1],
                 scale=hd**-0.5,
                 enable_gqa=True,
-            ).reshape(q_width)
-        h = h + times(att, i, 1, w.o)
-        x = _rms_norm(h, w.ln2, lean.eps)
-        gate_up = times(x, i, 2, w.gate_up)  # (B, 2 * ffn)
-        h = h + times(F.silu(gate_up[:, : lean.ffn]) * gate_up[:, lean.ffn :], i, 3, w.down)
+            ).reshape(heads * hd)
+        return att
+
+    def product(x: torch.Tensor, i: int, which: int, w: torch.Tensor) -> torch.Tensor:
+        return x @ w if packed is None else packed.product(x, packed.layers[i][which])
+
+    h = lean.embed[torch.tensor(ids)]  # (B, d)
+    for i, w in enumerate(lean.layers):
+        h = _decoder_layer(lean, i, w, h, cos, sin, attend, product)
     last = _rms_norm(h, lean.norm, lean.eps)
     logits = last @ lean.head if packed is None else packed.product(last, packed.head)  # (B, vocab)
     for c, token in zip(caches, ids, strict=True):
         c.ids.append(token)
     return logits
+
+
+def _matmul(x: torch.Tensor, i: int, which: int, w: torch.Tensor) -> torch.Tensor:
+    return x @ w
+
+
+def _decoder_layer(
+    lean: LeanModel,
+    i: int,
+    w: LayerWeights,
+    h: torch.Tensor,
+    cos: torch.Tensor,
+    sin: torch.Tensor,
+    attend: Callable[[int, torch.Tensor, torch.Tensor], torch.Tensor],
+    product: Callable[[torch.Tensor, int, int, torch.Tensor], torch.Tensor] = _matmul,
+) -> torch.Tensor:
+    """Decoder layer i of a Llama model, op for op as LlamaDecoderLayer, on rows h (rows, d).
+
+    cos, sin (rows, 1, head_dim): each row's rotary angles. attend(i, qk, v) stores the rows'
+    keys and values in the caches and returns their attention output (rows, heads * head_dim):
+    qk (rows, heads + kv_heads, head_dim) holds the rotated queries, then keys; v (rows,
+    kv_heads, head_dim). product(x, i, which, w) is x @ w for weight `which` of layer i (0 qkv,
+    1 o, 2 gate_up, 3 down): the batched path passes its packed copy.
+    """
+    rows = h.shape[0]
+    heads, kv_heads, hd = lean.n_heads, lean.n_kv_heads, lean.head_dim
+    split = (heads + kv_heads) * hd
+    x = _rms_norm(h, w.ln1, lean.eps)
+    qkv = product(x, i, 0, w.qkv)  # (rows, q_width + 2 * k_width)
+    qk = qkv[:, :split].view(rows, heads + kv_heads, hd)
+    qk = qk * cos + qk.roll(hd // 2, dims=-1) * sin
+    h = h + product(attend(i, qk, qkv[:, split:].view(rows, kv_heads, hd)), i, 1, w.o)
+    x = _rms_norm(h, w.ln2, lean.eps)
+    gate_up = product(x, i, 2, w.gate_up)  # (rows, 2 * ffn)
+    return h + product(F.silu(gate_up[:, : lean.ffn]) * gate_up[:, lean.ffn :], i, 3, w.down)
 
 
 def _rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:

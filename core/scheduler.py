@@ -125,6 +125,7 @@ class Scheduler:
         self.lm = lm
         self.max_batch = max_batch or _limit("GLASSBOX_MAX_BATCH", MAX_BATCH)
         self.max_kv_bytes = (max_kv_mb or _limit("GLASSBOX_MAX_KV_MB", MAX_KV_MB)) * 2**20
+        self._kv_per_position = _kv_bytes_per_position(lm.config)
         most = torch_threads()
         self._thread_candidates = list(range(1, most + 1)) if most <= 4 else [1, 2, most // 2, most]
         # threads for batched steps, per batch size class: tried on this machine (_threads_for_batch)
@@ -218,9 +219,8 @@ class Scheduler:
     def _fits(self, reply: Reply) -> bool:
         if len(self._active) >= self.max_batch or reply.kv.busy:
             return False
-        per_position = _kv_bytes_per_position(self.lm.config)
-        used = sum(r.need for r in self._active) * per_position
-        return not self._active or used + reply.need * per_position <= self.max_kv_bytes
+        used = sum(r.need for r in self._active) * self._kv_per_position
+        return not self._active or used + reply.need * self._kv_per_position <= self.max_kv_bytes
 
     def _admit(self) -> None:
         """Waiting replies join the batch, first come first served, while they fit."""

@@ -79,7 +79,8 @@ def test_replies_made_in_one_batch_equal_the_same_replies_made_alone(lm):
     for b, a in zip(batched, alone, strict=True):
         _same_reply(b, a)
     assert len({t.text for t in batched}) == len(batched)  # no reply got another's tokens
-    assert not lm.lock.locked()
+    # the loop lets go of the model once the batch is empty (a reader may return just before)
+    _until(lambda: not lm.lock.locked(), 10)
 
 
 def test_a_reply_stopped_in_the_batch_leaves_it_and_the_others_go_on(lm):
