@@ -11,7 +11,6 @@ from tests.e2e.conftest import (
     quick_replies,
     screenshot,
     send_and_wait,
-    send_chat,
     wait_idle,
 )
 
@@ -20,15 +19,14 @@ pytestmark = pytest.mark.browser
 
 def test_attention_views_for_a_two_turn_chat(page):
     page.set_viewport_size({"width": 1400, "height": 1900})  # the page scrolls inside; show it all
-    send_chat(page, "What is the capital of France?")
-    send_chat(page, "And of Italy?")
+    quick_replies(page, 24)  # short greedy replies: the views need two turns, not long ones
+    send_and_wait(page, "What is the capital of France?")
+    send_and_wait(page, "And of Italy?")
     # Sidebar navigation keeps the session (and so the conversation); a new URL would not.
-    page.locator('[data-testid="stSidebarNav"] a', has_text="Attention").click()
-    page.wait_for_timeout(500)
-    wait_idle(page)
+    go_to(page, "Attention")
     assert_no_exception(page)
     chart = page.locator('[data-testid="stVegaLiteChart"]').first
-    chart.wait_for()
+    chart.wait_for(timeout=120_000)
     assert page.get_by_text("Click a square to open that head").count() == 1
     # After chatting, the page reads the chat's own KV cache instead of re-running the model.
     assert page.get_by_text("from the keys and values the chat kept while writing").count() == 1

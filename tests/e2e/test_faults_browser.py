@@ -6,6 +6,7 @@ an environment that produces the fault; the import faults use the shared server.
 
 from __future__ import annotations
 
+import filecmp
 import json
 import shutil
 import textwrap
@@ -50,6 +51,8 @@ def test_corrupt_model_cache_is_rebuilt_and_the_app_says_so(browser, tmp_path):
         sidebar = page.locator('[data-testid="stSidebar"]').inner_text()
         assert "corrupt and was rebuilt" in sidebar or "could not be read and was rebuilt" in sidebar, sidebar
         assert weights.stat().st_size > 100_000_000  # the cache is whole again
+        # the same weights as the cache every other test uses (the conversion is deterministic)
+        assert filecmp.cmp(weights, source / "model.safetensors", shallow=False)
         quick_replies(page, 8)
         send_and_wait(page, "What is the capital of France?")
         assert len(chat_texts(page)) == 2 and chat_texts(page)[1].strip()
