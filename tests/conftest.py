@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import tempfile
+import threading
 from pathlib import Path
 
 import pytest
@@ -36,6 +37,24 @@ def make_trace(lm: LoadedModel, messages: list[Message], settings: SamplingSetti
             lm, prompt.ids, prompt.spans, settings or SamplingSettings(temperature=0, max_new_tokens=32)
         ),
     )
+
+
+def make_traces(lm: LoadedModel, jobs: list[tuple[list[Message], SamplingSettings]]) -> list[Trace]:
+    """make_trace for several (messages, settings) at once: the decode loop writes them in one
+    batch (core/scheduler.py), each equal to the same reply made alone (tests/test_scheduler.py)."""
+    traces: list[Trace | None] = [None] * len(jobs)
+
+    def one(i: int) -> None:
+        traces[i] = make_trace(lm, *jobs[i])
+
+    threads = [threading.Thread(target=one, args=(i,)) for i in range(len(jobs))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    if any(t is None for t in traces):
+        raise RuntimeError("a reply failed: see the thread's traceback above")
+    return traces  # type: ignore[return-value]
 
 
 @pytest.fixture(scope="session")

@@ -13,7 +13,7 @@ from core.explain.attention import CATEGORIES
 from core.explain.forward import context_ids
 from core.settings import DEFAULT_SYSTEM_PROMPT, SamplingSettings
 from core.tokens import readable, special_ids
-from tests.conftest import APP, make_trace
+from tests.conftest import APP, make_trace, make_traces
 
 GREEDY = SamplingSettings(temperature=0, max_new_tokens=8)
 
@@ -85,9 +85,8 @@ def test_rollout_is_a_distribution_over_the_context(lm, paris):
 def test_deleting_the_top_attributed_tokens_hurts_more_than_deleting_random_ones(lm):
     """Faithfulness on 10 real chat prompts: the deletion curve, attribution against random."""
     curves = []
-    for question in QUESTIONS:
-        history = [Message("system", DEFAULT_SYSTEM_PROMPT), Message("user", question)]
-        trace = make_trace(lm, history, GREEDY)
+    jobs = [([Message("system", DEFAULT_SYSTEM_PROMPT), Message("user", q)], GREEDY) for q in QUESTIONS]
+    for trace in make_traces(lm, jobs):
         step = min(3, len(trace.steps) - 1)
         curves.append(attr.deletion_curve(lm, trace, step, attr.gradient_x_input(lm, trace, step)))
     for k in (1, 3, 5):

@@ -20,7 +20,7 @@ from core.explain.summary import (
 from core.settings import DEFAULT_SYSTEM_PROMPT, SamplingSettings
 from core.tokens import readable
 from core.trace import Trace
-from tests.conftest import make_trace
+from tests.conftest import make_trace, make_traces
 
 POEM = [Message("system", DEFAULT_SYSTEM_PROMPT), Message("user", "Write a short poem about the ocean.")]
 GREEDY = SamplingSettings(temperature=0, max_new_tokens=32)
@@ -62,11 +62,11 @@ CASES = {  # sampled poems (40 tokens each, three seeds) under each kind of sett
 def long_shots(request, lm) -> tuple[str, list[tuple[Trace, int]]]:
     """(case, every (trace, step) whose token was not the model's first choice)."""
     base = CASES[request.param]
-    found = []
-    for seed in range(3):
-        settings = SamplingSettings(**{**base.to_dict(), "seed": seed, "max_new_tokens": 40})
-        trace = make_trace(lm, POEM, settings)
-        found += [(trace, i) for i, s in enumerate(trace.steps) if s.rank > 1]
+    jobs = [
+        (POEM, SamplingSettings(**{**base.to_dict(), "seed": seed, "max_new_tokens": 40}))
+        for seed in range(3)
+    ]
+    found = [(trace, i) for trace in make_traces(lm, jobs) for i, s in enumerate(trace.steps) if s.rank > 1]
     assert found, "a sampled poem always has some long shots"
     return request.param, found
 

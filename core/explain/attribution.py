@@ -210,18 +210,15 @@ def deletion_curve(
     """Faithfulness: for each k, how much the chosen token's probability drops when the k most
     positively attributed tokens are deleted (their input vectors set to 0), against the mean
     drop for k random tokens ({k: (attributed, random)})."""
-    runner, rng = runner_for(lm), np.random.default_rng(seed)
+    rng = np.random.default_rng(seed)
     ids, token = context_ids(trace, step), trace.steps[step].token_id
-    full = float(runner.next_token_probs(ids)[token])
-
-    def drop(positions: list[int]) -> float:
-        return full - float(runner.next_token_probs(ids, positions)[token])
-
     order = np.argsort(-att.scores, kind="stable")
+    chosen = {k: order[:k].tolist() for k in ks}
+    drawn = {k: [rng.choice(len(ids), k, replace=False).tolist() for _ in range(draws)] for k in ks}
+    deletions = [[], *(chosen[k] for k in ks), *(d for k in ks for d in drawn[k])]
+    probs = runner_for(lm).deletion_probs(ids, deletions)[:, token].double().numpy()  # one batch
+    drops = probs[0] - probs[1:]  # the full input first, then each deletion
     return {
-        k: (
-            drop(order[:k].tolist()),
-            float(np.mean([drop(rng.choice(len(ids), k, replace=False).tolist()) for _ in range(draws)])),
-        )
-        for k in ks
+        k: (float(drops[n]), float(drops[len(ks) + n * draws : len(ks) + (n + 1) * draws].mean()))
+        for n, k in enumerate(ks)
     }
