@@ -173,17 +173,38 @@ def screenshot(page, name: str) -> Path:
     return path
 
 
-def whole_page(page, name: str, width: int | None = None, settle_ms: int = 1500) -> Path:
+LAYOUT = """() => { const m = document.querySelector('.stMain') || document.body;
+    const c = [...document.querySelectorAll('canvas, svg.marks')].map((e) => e.clientWidth + 'x' + e.clientHeight);
+    return [m.scrollHeight, m.scrollWidth, document.documentElement.scrollWidth, ...c].join(','); }"""
+
+
+def settle(page, most_ms: int = 3000) -> None:
+    """Wait until the layout stops changing: the page's size and every chart's size are the same
+    in two readings 250 ms apart (charts draw and size themselves after the script has finished).
+    A fixed wait long enough for the slowest chart cost every screenshot 2.5 s."""
+    last, waited = None, 0
+    while waited < most_ms:
+        now = page.evaluate(LAYOUT)
+        if now == last:
+            return
+        last = now
+        page.wait_for_timeout(250)
+        waited += 250
+
+
+def whole_page(page, name: str, width: int | None = None) -> Path:
     """Screenshot the whole page at `width` (default: the current one), then restore the viewport.
 
     subtle: Streamlit scrolls an inner element, not the window, so a plain full-page screenshot
     stops at the viewport; the viewport grows to fit the page first.
     """
     before = page.viewport_size or {"width": 1400, "height": 1000}
-    page.wait_for_timeout(settle_ms)  # charts draw after the script has finished
+    page.wait_for_timeout(300)
+    settle(page)
     height = page.evaluate("() => document.querySelector('[data-testid=\"stMain\"]').scrollHeight")
     page.set_viewport_size({"width": width or before["width"], "height": int(height) + 100})
-    page.wait_for_timeout(1000)
+    page.wait_for_timeout(250)
+    settle(page)
     path = screenshot(page, name)
     page.set_viewport_size(before)
     return path

@@ -18,6 +18,7 @@ from tests.e2e.conftest import (
     screenshot,
     selectbox_text,
     send_and_wait,
+    settle,
     wait_idle,
 )
 
@@ -112,13 +113,15 @@ def phone_go_to(page, title: str, problems: list) -> None:
 
 def fits(page, name: str, problems: list) -> None:
     """Nothing runs past the right edge and no link is cut; the whole page is saved as phone-<name>.png."""
-    page.wait_for_timeout(1500)  # charts size themselves to their container after drawing
+    page.wait_for_timeout(300)
+    settle(page)  # charts size themselves to their container after drawing
     report = page.evaluate(OVERFLOW)
     # subtle: Streamlit scrolls an inner element (.stMain; its test id differs on the chat page,
     # which has a bottom bar), so the viewport grows to the page's height for the screenshot.
     height = page.evaluate("() => document.querySelector('.stMain').scrollHeight")
     page.set_viewport_size({"width": PHONE["width"], "height": int(height) + 100})
-    page.wait_for_timeout(1000)
+    page.wait_for_timeout(250)
+    settle(page)
     screenshot(page, f"phone-{name}")
     page.set_viewport_size(PHONE)
     if report["page"] > PHONE["width"] or report["main"] > 0 or report["wide"] or report["cut"]:

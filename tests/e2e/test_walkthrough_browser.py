@@ -21,11 +21,11 @@ def test_walkthrough_page_for_a_real_reply(page):
     assert page.locator('[data-testid="stImage"] img').count() == 1  # the architecture diagram
     assert page.locator(".gb-chip.marked").count() >= 2  # the current position, stages 1 and 5
     assert_no_exception(page)
-    whole_page(page, "walkthrough-step-2", settle_ms=2000)
+    whole_page(page, "walkthrough-step-2")
 
 
 def test_about_page(page):
     go_to(page, "How to read this app")
     assert_no_exception(page)
     assert page.get_by_text("locally on this computer's CPU", exact=False).count() == 1
-    whole_page(page, "about", settle_ms=2000)
+    whole_page(page, "about")
