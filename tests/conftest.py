@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import os
 import tempfile
 import threading
@@ -12,7 +13,7 @@ import pytest
 from core.conversation import Message, build_prompt
 from core.generation import generate, new_trace
 from core.models import LoadedModel, load_chat_model
-from core.settings import SamplingSettings
+from core.settings import DEFAULT_SYSTEM_PROMPT, SamplingSettings
 from core.trace import Trace
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -55,6 +56,25 @@ def make_traces(lm: LoadedModel, jobs: list[tuple[list[Message], SamplingSetting
     if any(t is None for t in traces):
         raise RuntimeError("a reply failed: see the thread's traceback above")
     return traces  # type: ignore[return-value]
+
+
+OCEAN = "Write a short poem about the ocean."
+
+
+@pytest.fixture(scope="session")
+def _ocean_poem(lm) -> Trace:
+    return make_trace(
+        lm,
+        [Message("system", DEFAULT_SYSTEM_PROMPT), Message("user", OCEAN)],
+        SamplingSettings(temperature=0, max_new_tokens=200),
+    )
+
+
+@pytest.fixture()
+def ocean_poem(_ocean_poem) -> Trace:
+    """The greedy 200-token ocean poem, which goes round in a loop: written once per test run
+    (8 s), a fresh copy for each test."""
+    return copy.deepcopy(_ocean_poem)
 
 
 @pytest.fixture(scope="session")

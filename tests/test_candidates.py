@@ -209,9 +209,8 @@ def test_find_repetition_on_known_ids():
     assert find_repetition(trace_of([1, 2, 3, 4] * 3)) is None  # 8 copied tokens: too short to call a loop
 
 
-def test_the_loop_is_marked_in_the_steps_table_and_the_whole_reply_chart(lm):
-    poem = [Message("system", DEFAULT_SYSTEM_PROMPT), Message("user", "Write a short poem about the ocean.")]
-    trace = make_trace(lm, poem, SamplingSettings(temperature=0, max_new_tokens=200))
+def test_the_loop_is_marked_in_the_steps_table_and_the_whole_reply_chart(lm, ocean_poem):
+    trace = ocean_poem
     loop = find_repetition(trace)
     table = steps_table(lm.tokenizer, trace)
     assert table.index[table["repeats"]].tolist() == list(range(loop.start, loop.end))
@@ -220,7 +219,12 @@ def test_the_loop_is_marked_in_the_steps_table_and_the_whole_reply_chart(lm):
     assert len(bands) == 1
     (band,) = [d for d in spec["datasets"].values() if d and "from" in d[0]]
     assert band == [{"from": loop.start + 1, "to": loop.end, "what": "repeats earlier text (a loop)"}]
-    plain = reply_line(steps_table(lm.tokenizer, make_trace(lm, poem[:1] + [Message("user", "Hi")])), 0)
+    plain = reply_line(
+        steps_table(
+            lm.tokenizer, make_trace(lm, [Message("system", DEFAULT_SYSTEM_PROMPT), Message("user", "Hi")])
+        ),
+        0,
+    )
     assert not [la for la in plain.to_dict()["layer"] if la.get("mark", {}).get("type") == "rect"]
 
 

@@ -83,9 +83,9 @@ def test_the_trace_records_the_penalty_and_old_traces_load(lm, two_turn):
     )
 
 
-def test_the_penalty_breaks_the_greedy_poem_loop(lm):
+def test_the_penalty_breaks_the_greedy_poem_loop(lm, ocean_poem):
     """Without a penalty the greedy poem goes round in a loop; with 1.3 it does not."""
-    assert find_repetition(_poem(lm, 1.0)) is not None
+    assert find_repetition(ocean_poem) is not None
     assert find_repetition(_poem(lm, 1.3)) is None
 
 

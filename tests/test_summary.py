@@ -135,10 +135,10 @@ def test_a_greedy_pick_below_the_top_is_put_down_to_the_repetition_penalty(lm):
 
 
 # -- item 3: a loop is named, not presented as confidence --------------------------------------
-@pytest.fixture(scope="module")
-def looping(lm) -> Trace:
+@pytest.fixture()
+def looping(ocean_poem) -> Trace:
     """The greedy ocean poem goes round in a loop well before 200 tokens."""
-    return make_trace(lm, POEM, SamplingSettings(temperature=0, max_new_tokens=200))
+    return ocean_poem
 
 
 def test_the_summary_names_the_loop_and_where_copying_starts(lm, looping):

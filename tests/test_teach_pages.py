@@ -13,8 +13,8 @@ from streamlit.testing.v1 import AppTest
 from core.conversation import Message
 from core.explain.candidates import STEP_COLUMNS, find_repetition
 from core.explain.lens import MIDDLE_LAYERS_NOTE
-from core.settings import DEFAULT_SYSTEM_PROMPT, SamplingSettings
-from tests.conftest import APP, make_trace
+from core.settings import DEFAULT_SYSTEM_PROMPT
+from tests.conftest import APP, OCEAN
 
 
 @pytest.fixture(scope="module")
@@ -109,14 +109,10 @@ def test_a_multi_line_reply_shows_its_line_breaks_in_the_chat(lm):
     assert "The ocean is wide,  \nThe sky is blue,\n\nThe end." in bodies
 
 
-@pytest.fixture(scope="module")
-def looping_chat(lm) -> list[Message]:
-    history = [
-        Message("system", DEFAULT_SYSTEM_PROMPT),
-        Message("user", "Write a short poem about the ocean."),
-    ]
-    trace = make_trace(lm, history, SamplingSettings(temperature=0, max_new_tokens=200))
-    return [*history, Message("assistant", trace.text, trace=trace)]
+@pytest.fixture()
+def looping_chat(ocean_poem) -> list[Message]:
+    history = [Message("system", DEFAULT_SYSTEM_PROMPT), Message("user", OCEAN)]
+    return [*history, Message("assistant", ocean_poem.text, trace=ocean_poem)]
 
 
 def test_the_explain_panel_lists_closest_calls_and_links_the_loop(looping_chat):
