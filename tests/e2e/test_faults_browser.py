@@ -53,6 +53,7 @@ def test_corrupt_model_cache_is_rebuilt_and_the_app_says_so(browser, tmp_path):
         assert weights.stat().st_size > 100_000_000  # the cache is whole again
         # the same weights as the cache every other test uses (the conversion is deterministic)
         assert filecmp.cmp(weights, source / "model.safetensors", shallow=False)
+        assert not [p.name for p in cache.iterdir() if p.name.startswith(".")], "temporary folders left"
         quick_replies(page, 8)
         send_and_wait(page, "What is the capital of France?")
         assert len(chat_texts(page)) == 2 and chat_texts(page)[1].strip()
