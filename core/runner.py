@@ -480,8 +480,8 @@ class Runner:
         """The next-token distribution after ids, once for each set of deleted positions (their
         input vectors set to 0, for the faithfulness of an attribution): (len(deletions), vocab).
 
-        The sets run as one batch of inputs (a few batches for a long context, about 2,048
-        token rows each): on a CPU one pass over B short inputs costs far less than B passes.
+        The sets run as batches of inputs, about 2,048 token rows a pass (one pass for a short
+        chat): fewer, larger matrix products than one pass per set, with the same numbers.
         """
         vectors = self.embed(ids).to(next(self.model.parameters()).dtype)
         per_pass = max(1, 2048 // max(len(ids), 1))
