@@ -2,14 +2,16 @@
 
 import pytest
 
-from tests.e2e.conftest import assert_no_exception, screenshot, send_and_wait, send_chat, wait_idle
+from tests.e2e.conftest import assert_no_exception, screenshot, send_and_wait, wait_idle
 
 pytestmark = pytest.mark.browser
 
 
 def test_two_turn_conversation_streams_replies(page):
-    send_chat(page, "What is the capital of France?")
-    send_chat(page, "And what is its most famous tower?")
+    # send_and_wait: it sends again when a rerun swallowed the Enter, and waits for the reply's
+    # own footer (send_chat's "script idle" can come before the reply has started)
+    send_and_wait(page, "What is the capital of France?")
+    send_and_wait(page, "And what is its most famous tower?")
     messages = page.locator('[data-testid="stChatMessage"]')
     assert messages.count() == 4
     replies = [messages.nth(i).inner_text() for i in (1, 3)]
