@@ -49,7 +49,7 @@ def plain_label(text: str) -> str:
 def why_links(items: list[Chip], trace: Trace) -> list[Chip]:
     """Chip i is step i of the reply: tapping it opens its popover, with a link to "Why this
     word?" for that step (the conversation id rides along, so the link also opens in a new tab)."""
-    ride = {name: st.query_params[name] for name in links.RIDE_ALONG if name in st.query_params}
+    ride = links.ride_along()
     return [
         replace(
             c, more=("🔎 Why this word?", "why?" + urlencode({**ride, "reply": trace.trace_id, "step": i}))

@@ -104,6 +104,11 @@ def copy_link(where=None) -> None:
         st.code(current_url(), language=None, wrap_lines=True)
 
 
+def ride_along() -> dict[str, str]:
+    """The URL parameters every link to another page keeps (RIDE_ALONG), as they stand now."""
+    return {name: st.query_params[name] for name in RIDE_ALONG if name in st.query_params}
+
+
 def page_link(page: str, label: str, icon: str | None = None, **params: object) -> None:
     """st.page_link to another page with these URL parameters (plus the conversation id).
 
@@ -111,6 +116,6 @@ def page_link(page: str, label: str, icon: str | None = None, **params: object) 
     """
     from pages.explain_panel import plain_label  # the one escaper for page-link labels
 
-    query = {name: st.query_params[name] for name in RIDE_ALONG if name in st.query_params}
+    query = ride_along()
     query.update({name: str(value) for name, value in params.items() if value is not None})
     st.page_link(page, label=plain_label(label), icon=icon, query_params=query)
