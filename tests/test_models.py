@@ -170,6 +170,39 @@ def test_fast_start_reads_the_decode_weights_from_the_file_and_shares_them_with_
     assert torch.allclose(ours.softmax(-1), theirs.softmax(-1), atol=1e-5)
 
 
+def test_the_cache_lists_the_added_tokens_and_its_tokenizer_equals_the_legacy_read(cold_cache, tmp_path):
+    from transformers import PreTrainedTokenizerFast
+
+    folder = _folder(cold_cache)
+    config = json.loads((folder / "tokenizer_config.json").read_text())
+    assert "<|im_end|>" in {t["content"] for t in config["added_tokens_decoder"].values()}
+    legacy = tmp_path / "legacy"  # the same files without the list: transformers reads tokenizer.json for it
+    legacy.mkdir()
+    for name in ("tokenizer.json", "chat_template.jinja"):
+        os.link(folder / name, legacy / name)
+    del config["added_tokens_decoder"]
+    (legacy / "tokenizer_config.json").write_text(json.dumps(config))
+    ours, theirs = (PreTrainedTokenizerFast.from_pretrained(f) for f in (folder, legacy))
+    assert str(ours.added_tokens_decoder) == str(theirs.added_tokens_decoder)
+    assert ours.get_added_vocab() == theirs.get_added_vocab() and len(ours) == len(theirs)
+    for name in (
+        "all_special_tokens",
+        "eos_token_id",
+        "bos_token",
+        "pad_token",
+        "unk_token",
+        "chat_template",
+    ):
+        assert getattr(ours, name) == getattr(theirs, name), name
+    chat = [{"role": "user", "content": "Hi <|im_end|> <|im_start|> 🤖 東京 <script>"}]
+    text = ours.apply_chat_template(chat, tokenize=False, add_generation_prompt=True)
+    assert text == theirs.apply_chat_template(chat, tokenize=False, add_generation_prompt=True)
+    ids = ours(text)["input_ids"]
+    assert ids == theirs(text)["input_ids"]
+    assert ours.decode(ids) == theirs.decode(ids) == text
+    assert ours.convert_ids_to_tokens(ids) == theirs.convert_ids_to_tokens(ids)
+
+
 def _mapped_from(path: Path, tensor: torch.Tensor) -> bool:
     """True when the tensor's memory lies in a mapping of this file (/proc/self/maps)."""
     address = tensor.data_ptr()
