@@ -787,6 +787,22 @@ def session_rows(
     return c
 
 
+def prove_in_background(lm: LoadedModel) -> threading.Thread:
+    """Run both self-checks of lm's attention passes now, in a background thread: the rows
+    pass (Runner.self_check) and, with a lean model, the session rows pass
+    (session_rows_exact). Each is run once per model; done at load, so that the first
+    Attention page a visitor opens does not wait for them."""
+
+    def prove() -> None:
+        runner = runner_for(lm)
+        runner.self_check()
+        session_rows_exact(runner)
+
+    thread = threading.Thread(target=prove, name="glassbox-self-check", daemon=True)
+    thread.start()
+    return thread
+
+
 def session_rows_exact(runner: Runner) -> bool:
     """Once per lean model: session_rows against eager_attention on a short input, at 1e-5.
 
@@ -797,30 +813,36 @@ def session_rows_exact(runner: Runner) -> bool:
     if lean is None:
         return False
     if lean.model_id not in _SESSION_CHECKS:
-        from core.kvcache import SessionKV
-
-        ids = _check_ids(runner.lm, SELF_CHECK_TOKENS)
-        cached = 2 * len(ids) // 3
-        got: dict[int, torch.Tensor] = {}
-        try:
-            ref = runner.eager_attention(ids)
-            kv = SessionKV(max_tokens=len(ids))
-            with runner.lm.lock, torch.inference_mode():
-                threads = torch.get_num_threads()
-                torch.set_num_threads(min(SESSION_ROWS_THREADS, threads))  # as session_rows runs
-                try:
-                    kv.prepare(lean, ids, len(ids))
-                    kv.forward(lean, ids[:cached])
-                    every = torch.arange(len(ids))
-                    keep = lambda i, pos, w: got.__setitem__(i, w.clone())  # noqa: E731
-                    _lean_rows(lean, kv.keys, kv.values, ids, cached, every, keep, None)
-                finally:
-                    torch.set_num_threads(threads)
-            worst = max(float((ref[i] - got[i]).abs().max()) for i in range(runner.facts.n_layers))
-        except Exception:  # noqa: BLE001 - a lean model this pass does not fit
-            worst = float("inf")
-        _SESSION_CHECKS[lean.model_id] = worst
+        with runner._check_lock:  # once, also when a page asks while the check runs at load
+            if lean.model_id not in _SESSION_CHECKS:
+                _SESSION_CHECKS[lean.model_id] = _session_check_error(runner, lean)
     return _SESSION_CHECKS[lean.model_id] <= SELF_CHECK_TOL
+
+
+def _session_check_error(runner: Runner, lean: Any) -> float:
+    """The largest difference between session_rows and eager_attention on the check input."""
+    from core.kvcache import SessionKV
+
+    ids = _check_ids(runner.lm, SELF_CHECK_TOKENS)
+    cached = 2 * len(ids) // 3
+    got: dict[int, torch.Tensor] = {}
+    try:
+        ref = runner.eager_attention(ids)
+        kv = SessionKV(max_tokens=len(ids))
+        with runner.lm.lock, torch.inference_mode():
+            threads = torch.get_num_threads()
+            torch.set_num_threads(min(SESSION_ROWS_THREADS, threads))  # as session_rows runs
+            try:
+                kv.prepare(lean, ids, len(ids))
+                kv.forward(lean, ids[:cached])
+                every = torch.arange(len(ids))
+                keep = lambda i, pos, w: got.__setitem__(i, w.clone())  # noqa: E731
+                _lean_rows(lean, kv.keys, kv.values, ids, cached, every, keep, None)
+            finally:
+                torch.set_num_threads(threads)
+        return max(float((ref[i] - got[i]).abs().max()) for i in range(runner.facts.n_layers))
+    except Exception:  # noqa: BLE001 - a lean model this pass does not fit
+        return float("inf")
 
 
 def _lean_rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:

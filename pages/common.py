@@ -25,7 +25,7 @@ from core.limits import Activity, Limits, RateLimiter, limits_from, wait_message
 from core.memory import give_back_freed_memory
 from core.models import ENV_MODEL, LoadedModel, ModelUnavailable, load_chat_model, load_embedder
 from core.redact import scrub
-from core.runner import reporting, runner_for
+from core.runner import prove_in_background, reporting
 from core.scheduler import scheduler_for, status_words
 from core.settings import DEFAULT_CONTEXT_BUDGET, DEFAULT_SYSTEM_PROMPT, SamplingSettings
 from core.tokens import readable
@@ -91,8 +91,7 @@ def _chat_model(configured: str | None) -> LoadedModel:
     fit_torch_threads()  # once per process: a container's CPU quota, not the host's core count
     lm = load_chat_model(configured)
     warm_up(lm)  # the fast decode path (already built when the model came from a local folder)
-    # the attention rows pass proven against an eager pass once, in the background (core.runner)
-    threading.Thread(target=runner_for(lm).self_check, name="glassbox-self-check", daemon=True).start()
+    prove_in_background(lm)  # the attention passes proven against an eager pass, once (core.runner)
     return lm
 
 
@@ -222,7 +221,7 @@ def _extra_model(source: str) -> LoadedModel:
     lm.name = source  # traces record it: model_for finds the model again by this name
     lm.public_source = f"Hugging Face hub ({source}), picked in the sidebar"
     warm_up(lm)
-    threading.Thread(target=runner_for(lm).self_check, name="glassbox-self-check", daemon=True).start()
+    prove_in_background(lm)
     return lm
 
 

@@ -425,6 +425,17 @@ def test_step_s_is_the_row_that_chose_reply_token_s_as_in_the_walkthrough(lm, gr
 # -- each fast path only where its self-check passed (issue 15) -----------------------------
 
 
+def test_both_self_checks_run_at_load_so_a_first_page_does_not_wait(lm, monkeypatch):
+    from core import runner as runner_module
+
+    runner = runner_for(lm)
+    monkeypatch.setattr(runner, "attention_exact", None)  # as a model just loaded: nothing proven
+    monkeypatch.delitem(runner_module._SESSION_CHECKS, lm.lean.model_id, raising=False)
+    runner_module.prove_in_background(lm).join(120)
+    assert runner.attention_exact is True  # the rows pass, proven once
+    assert runner_module._SESSION_CHECKS[lm.lean.model_id] <= runner_module.SELF_CHECK_TOL  # the session pass
+
+
 def test_the_session_pass_is_used_only_once_its_self_check_passed(lm, chat, monkeypatch):
     from core import runner as runner_module
 
