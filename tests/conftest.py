@@ -6,6 +6,7 @@ import copy
 import os
 import tempfile
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -149,3 +150,16 @@ def tiny_lm(tiny_model_dir):
         return loaded[arch]
 
     return get
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _background_work_ends_before_exit():
+    """The app's background threads (the decode-thread measurement, the self-checks, a model
+    loading) are daemons: one still inside torch when the interpreter exits aborts the whole
+    run ("terminate called without an active exception", exit code 134). Wait for them; not
+    for the decode loop (glassbox-decode), which idles between replies and never ends."""
+    yield
+    deadline = time.monotonic() + 120
+    for thread in threading.enumerate():
+        if thread.daemon and thread.name.startswith("glassbox-") and thread.name != "glassbox-decode":
+            thread.join(max(0.0, deadline - time.monotonic()))
