@@ -20,7 +20,8 @@ $(STAMP): pyproject.toml Makefile
 	# Bytecode for all that, as pip would write it, but on every core at once: pip compiles one
 	# file at a time (48 s of a 70 s install on 2 cores). Files that do not compile (a test
 	# file of torch's in Python 3.12 syntax) are skipped silently, as pip skips them.
-	$(BIN)/python -m compileall -qq -j 0 "$$($(BIN)/python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')" || true
+	purelib="$$($(BIN)/python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')" && \
+	  test -d "$$purelib" && { $(BIN)/python -m compileall -qq -j 0 "$$purelib" || true; }
 	touch $(STAMP)
 
 # Debian's Chromium for the browser tests (never `playwright install`).

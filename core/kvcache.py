@@ -20,6 +20,7 @@ from __future__ import annotations
 import itertools
 import os
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -239,8 +240,11 @@ def _assemble(
     )
 
 
+# A change to the layout (the order of q/k/v or gate/up, a transpose) keeps every shape and
+# must change this version, or files written before it would be read wrongly.
 LEAN_FILE_VERSION = "1"
 _LAYER_FIELDS = ("ln1", "qkv", "o", "ln2", "gate_up", "down")
+_STALE_TMP_S = 600  # a temporary file this old is left by a process killed while writing
 
 
 def save_lean(lean: LeanModel, path: Path, stamp: dict[str, str]) -> None:
@@ -257,6 +261,12 @@ def save_lean(lean: LeanModel, path: Path, stamp: dict[str, str]) -> None:
     tensors["head"] = lean.head
     if lean.embed.data_ptr() != lean.head.data_ptr():  # untied: its own matrix (tied: head.t())
         tensors["embed"] = lean.embed
+    for left in path.parent.glob(f".{path.name}.tmp-*"):  # 0.5 GB each: never left to pile up
+        try:
+            if time.time() - left.stat().st_mtime > _STALE_TMP_S:
+                left.unlink()
+        except OSError:
+            pass
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}-{threading.get_ident()}")
     try:
         save_file(tensors, tmp, metadata={"glassbox_lean": LEAN_FILE_VERSION, **stamp})
@@ -269,14 +279,12 @@ def lean_from_file(path: Path, config: Any, stamp: dict[str, str]) -> LeanModel 
     """The lean weights save_lean wrote, memory-mapped; None if the file is missing, unreadable,
     written by another version or for other weights (stamp), or does not fit the config."""
     from safetensors import safe_open
-    from safetensors.torch import load_file
 
     try:
-        with safe_open(path, framework="pt") as f:
-            meta = f.metadata() or {}
-        if meta != {"glassbox_lean": LEAN_FILE_VERSION, **stamp}:
-            return None
-        tensors = load_file(path)  # memory-mapped (copy-on-write): no copy is made
+        with safe_open(path, framework="pt") as f:  # one handle: the stamp and tensors of one file
+            if (f.metadata() or {}) != {"glassbox_lean": LEAN_FILE_VERSION, **stamp}:
+                return None
+            tensors = {k: f.get_tensor(k) for k in f.keys()}  # memory-mapped (copy-on-write)
     except Exception:  # noqa: BLE001 - missing, truncated or corrupt: the caller builds the weights
         return None
     try:
@@ -289,9 +297,19 @@ def lean_from_file(path: Path, config: Any, stamp: dict[str, str]) -> LeanModel 
         return None
     d, q_width = int(config.hidden_size), lean.n_heads * lean.head_dim
     qkv_width = q_width + 2 * lean.n_kv_heads * lean.head_dim
-    want = {"qkv": (d, qkv_width), "o": (q_width, d), "gate_up": (d, 2 * lean.ffn), "down": (lean.ffn, d)}
-    fits = lean.head.shape == (d, int(config.vocab_size)) and all(
-        tuple(getattr(w, name).shape) == shape for w in layers for name, shape in want.items()
+    want = {
+        "ln1": (d,),
+        "qkv": (d, qkv_width),
+        "o": (q_width, d),
+        "ln2": (d,),
+        "gate_up": (d, 2 * lean.ffn),
+        "down": (lean.ffn, d),
+    }
+    fits = (
+        lean.head.shape == (d, int(config.vocab_size))
+        and lean.embed.shape == (int(config.vocab_size), d)
+        and lean.norm.shape == (d,)
+        and all(tuple(getattr(w, name).shape) == shape for w in layers for name, shape in want.items())
     )
     return lean if fits else None
 

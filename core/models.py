@@ -247,6 +247,8 @@ def _lean_of(folder: Path, config: Any, own: bool) -> Any:
     In the app's own cache folder they are kept in their decode layout (LEAN_FILE), written at
     the first start and memory-mapped at the next: building them copies and transposes 0.5 GB,
     about 0.45 s of a start of about 2 s. Other folders (a configured model) are not written to.
+    The file is tied to model.safetensors by its size and modification time: the app replaces
+    that file only by converting anew into a new folder, which holds no lean file yet.
     """
     from safetensors.torch import load_file
 
@@ -263,7 +265,8 @@ def _lean_of(folder: Path, config: Any, own: bool) -> Any:
     if own:
         try:
             save_lean(lean, folder / LEAN_FILE, stamp)
-        except OSError:  # a full or read-only disk: the next start builds them again
+        except Exception:  # noqa: BLE001 - a full or read-only disk (safetensors raises its own
+            # error type for those): the chat starts anyway; the next start builds them again
             log.warning("could not keep the decode weights in %s", folder, exc_info=True)
     return lean
 

@@ -236,11 +236,18 @@ def test_the_decode_weights_are_kept_in_the_cache_and_mapped_back_at_the_next_st
         assert torch.equal(again.model(torch.tensor([ids])).logits, lm.model(torch.tensor([ids])).logits)
     assert not [p.name for p in folder.iterdir() if ".tmp-" in p.name]
 
-    # a truncated file is not trusted: the weights are built again, and the file rewritten
+    # a truncated file is not trusted: the weights are built again, and the file rewritten;
+    # a temporary file left by a process killed while writing goes once it is old
     data = kept.read_bytes()
     kept.unlink()
     kept.write_bytes(data[: len(data) // 2])
+    left, fresh = folder / f".{models.LEAN_FILE}.tmp-1-1", folder / f".{models.LEAN_FILE}.tmp-2-2"
+    left.write_bytes(b"x")
+    fresh.write_bytes(b"x")
+    os.utime(left, (time.time() - 3600, time.time() - 3600))
     rebuilt = models._lean_of(folder, again.config, own=True)
+    assert not left.exists() and fresh.exists()  # another process may be writing that one
+    fresh.unlink()
     assert not _mapped_from(kept, rebuilt.layers[0].qkv)
     assert torch.equal(rebuilt.layers[29].gate_up, first.lean.layers[29].gate_up)
     assert kept.stat().st_size == len(data)
