@@ -74,12 +74,16 @@ class LeanModel:
         return len(self.layers)
 
     @property
+    def tied(self) -> bool:
+        """The embedding is the output head's (vocab, d) view, one matrix for both."""
+        return self.embed.data_ptr() == self.head.data_ptr()
+
+    @property
     def n_params(self) -> int:
         """The model's parameter count (q/k/v and gate/up fused hold the same numbers; a tied
         embedding is the head's view and counts once)."""
         layers = sum(t.numel() for w in self.layers for t in vars(w).values())
-        untied = self.embed.data_ptr() != self.head.data_ptr()
-        return layers + self.norm.numel() + self.head.numel() + (self.embed.numel() if untied else 0)
+        return layers + self.norm.numel() + self.head.numel() + (0 if self.tied else self.embed.numel())
 
     def rope(self, upto: int) -> tuple[torch.Tensor, torch.Tensor]:
         """cos and signed sin tables for positions [0, upto), built once and grown by doubling.
@@ -259,7 +263,7 @@ def save_lean(lean: LeanModel, path: Path, stamp: dict[str, str]) -> None:
     tensors = {f"{i}.{name}": getattr(w, name) for i, w in enumerate(lean.layers) for name in _LAYER_FIELDS}
     tensors["norm"] = lean.norm
     tensors["head"] = lean.head
-    if lean.embed.data_ptr() != lean.head.data_ptr():  # untied: its own matrix (tied: head.t())
+    if not lean.tied:  # its own matrix (tied: head.t(), which lean_from_file makes again)
         tensors["embed"] = lean.embed
     for left in path.parent.glob(f".{path.name}.tmp-*"):  # 0.5 GB each: never left to pile up
         try:
