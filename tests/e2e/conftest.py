@@ -374,6 +374,31 @@ def send_and_wait(page, text: str, timeout: float = 300_000) -> list[str]:
     return chat_texts(page)
 
 
+def choose(page, box, option, typed: str = "") -> None:
+    """Open the selectbox `box` and click `option` (a locator of the open list), as a user does.
+
+    subtle: a rerun that lands just after the click (the conversation being saved, a fragment
+    refreshing) closes the list again, and the option never shows (CI of stop 23). The box is
+    opened again then, at most three times. `typed` is typed first, for a list that shows only
+    some of its options.
+    """
+    for attempt in range(3):
+        wait_idle(page)
+        box.click()
+        if typed:
+            page.keyboard.type(typed)
+        try:
+            option.first.wait_for(state="visible", timeout=10_000)
+            break
+        except PlaywrightTimeout:
+            if attempt == 2:
+                raise
+            page.keyboard.press("Escape")
+    option.first.click()
+    page.wait_for_timeout(300)
+    wait_idle(page)
+
+
 def selectbox_text(page, label: str) -> str:
     """Everything a selectbox shows for its current value (text, input value, title attributes)."""
     box = page.locator('[data-testid="stSelectbox"]').filter(has_text=label).first

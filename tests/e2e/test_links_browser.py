@@ -7,6 +7,7 @@ import pytest
 
 from tests.e2e.conftest import (
     assert_no_exception,
+    choose,
     go_to,
     open_expander,
     quick_replies,
@@ -70,10 +71,11 @@ def test_every_page_links_to_what_it_shows_and_keeps_unknown_parameters(page):
     # The copied address opens the same view in a fresh session (the conversation comes back
     # through its id `c`), and a parameter the app does not know survives the page's own writes.
     _go(page, "Attention")
-    page.locator('[data-testid="stSelectbox"]').filter(has_text="Layer").first.click()
-    page.get_by_role("option", name="3", exact=True).click()
-    page.wait_for_timeout(300)
-    wait_idle(page)
+    choose(
+        page,
+        page.locator('[data-testid="stSelectbox"]').filter(has_text="Layer").first,
+        page.get_by_role("option", name="3", exact=True),
+    )
     page.locator('[data-testid="stButtonGroup"] button', has_text="Head view").first.click()
     page.wait_for_timeout(300)
     wait_idle(page)

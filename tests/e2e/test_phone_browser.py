@@ -12,6 +12,7 @@ import pytest
 
 from tests.e2e.conftest import (
     assert_no_exception,
+    choose,
     go_to,
     open_view,
     quick_replies,
@@ -183,11 +184,12 @@ def test_every_page_fits_a_phone(browser, app_url):
 
 def _pick(page, label: str, option: str) -> None:
     """Choose a selectbox option by typing it, as with a keyboard (the list shows only some options)."""
-    page.locator('[data-testid="stSelectbox"]').filter(has_text=label).first.click()
-    page.keyboard.type(option)
-    page.get_by_role("option", name=option, exact=True).click()
-    page.wait_for_timeout(300)
-    wait_idle(page)
+    choose(
+        page,
+        page.locator('[data-testid="stSelectbox"]').filter(has_text=label).first,
+        page.get_by_role("option", name=option, exact=True),
+        typed=option,
+    )
 
 
 def _radio(page, text: str) -> None:

@@ -4,6 +4,7 @@ import pytest
 
 from tests.e2e.conftest import (
     assert_no_exception,
+    choose,
     flag_value,
     go_to,
     quick_replies,
@@ -28,10 +29,11 @@ def test_tokens_of_a_message_with_emoji_and_code(page):
     send_chat(page, MESSAGE)
     go_to(page, "Tokenization")
     assert_no_exception(page)
-    page.locator('[data-testid="stSelectbox"]').filter(has_text="Message").click()
-    page.get_by_role("option").filter(has_text="1 · user").first.click()
-    page.wait_for_timeout(300)
-    wait_idle(page)
+    choose(
+        page,
+        page.locator('[data-testid="stSelectbox"]').filter(has_text="Message"),
+        page.get_by_role("option").filter(has_text="1 · user"),
+    )
     assert_no_exception(page)
     assert page.get_by_text("prompt of reply 1", exact=False).count() == 1
     assert page.get_by_text("byte for byte", exact=False).count() == 1
