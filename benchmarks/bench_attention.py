@@ -46,7 +46,7 @@ import torch
 
 from core.conversation import Message, build_prompt
 from core.explain import attention as att
-from core.generation import warm_up
+from core.generation import THREADS_THREAD, warm_up
 from core.kvcache import SessionKV
 from core.models import load_chat_model
 from core.runner import runner_for, session_rows_exact
@@ -127,7 +127,7 @@ def run_variant(variant: str, trace_path: str) -> dict:
     # (core.runner.prove_in_background), so a page opened after chatting finds them done.
     # Here they run first too, timed on their own; the decode-thread measurement that warm-up
     # starts is waited for, since it holds the model at load.
-    warming = next((t for t in threading.enumerate() if t.name == "glassbox-threads"), None)
+    warming = next((t for t in threading.enumerate() if t.name == THREADS_THREAD), None)
     if warming is not None:
         warming.join()
     runner_for(lm).self_check()

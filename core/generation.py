@@ -34,6 +34,7 @@ __all__ = ["RUNNING", "Chunk", "generate", "new_trace", "prefill", "stream", "wa
 
 _BUILD_LOCK = threading.Lock()
 WAIT_NOTICE_S = 0.3  # a reply with no first token after this long tells its reader why
+THREADS_THREAD = "glassbox-threads"  # measures the decode thread count at load (measure_decode_threads)
 
 
 def new_trace(lm: LoadedModel, prompt_ids: list[int], spans: list, settings: SamplingSettings) -> Trace:
@@ -164,9 +165,7 @@ def warm_up(lm: LoadedModel) -> bool:
             lm.lean = lean_model(lm.model)
         ready = lm.lean is not None
     if lm.decode_threads is None:
-        threading.Thread(
-            target=measure_decode_threads, args=(lm,), name="glassbox-threads", daemon=True
-        ).start()
+        threading.Thread(target=measure_decode_threads, args=(lm,), name=THREADS_THREAD, daemon=True).start()
     return ready
 
 

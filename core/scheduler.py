@@ -58,6 +58,7 @@ RATE_WINDOW_S = 5.0  # the aggregate tokens per second is measured over this win
 # trace_ids of the replies this process is writing right now. A stored trace that says
 # "running" but is not here was cut off (a restart, a closed tab): core.store readers mark it stopped.
 RUNNING: set[str] = set()
+DECODE_THREAD = "glassbox-decode"  # the loop's thread; it never ends (tests/conftest.py waits for the others)
 
 
 @dataclass
@@ -151,7 +152,7 @@ class Scheduler:
             reply.trace.finish_reason = "running"
             self._queue.append(reply)
             if self._thread is None or not self._thread.is_alive():
-                self._thread = threading.Thread(target=self._run, name="glassbox-decode", daemon=True)
+                self._thread = threading.Thread(target=self._run, name=DECODE_THREAD, daemon=True)
                 self._thread.start()
             self._cond.notify_all()
 

@@ -14,6 +14,7 @@ import pytest
 from core.conversation import Message, build_prompt
 from core.generation import generate, new_trace
 from core.models import LoadedModel, load_chat_model
+from core.scheduler import DECODE_THREAD
 from core.settings import DEFAULT_SYSTEM_PROMPT, SamplingSettings
 from core.trace import Trace
 
@@ -161,5 +162,5 @@ def _background_work_ends_before_exit():
     yield
     deadline = time.monotonic() + 120
     for thread in threading.enumerate():
-        if thread.daemon and thread.name.startswith("glassbox-") and thread.name != "glassbox-decode":
+        if thread.daemon and thread.name.startswith("glassbox-") and thread.name != DECODE_THREAD:
             thread.join(max(0.0, deadline - time.monotonic()))
