@@ -385,7 +385,8 @@ def choose(page, box, option, typed: str = "") -> None:
     for attempt in range(3):
         wait_idle(page)
         box.click()
-        if typed:
+        if typed:  # over whatever a first try left in the box
+            page.keyboard.press("ControlOrMeta+a")
             page.keyboard.type(typed)
         try:
             option.first.wait_for(state="visible", timeout=10_000)
@@ -393,6 +394,7 @@ def choose(page, box, option, typed: str = "") -> None:
         except PlaywrightTimeout:
             if attempt == 2:
                 raise
+            print(f"choose: the list closed before {option} showed; opening it again")  # seen with -s
             page.keyboard.press("Escape")
     option.first.click()
     page.wait_for_timeout(300)
