@@ -108,11 +108,13 @@ def test_six_visitors_at_once_are_written_together_each_their_own_reply(browser,
         while None in finished and time.perf_counter() - start < BOUND_S:
             for i, page in enumerate(pages):
                 if finished[i] is None:
-                    line = page.get_by_text(re.compile(r"The model is writing \d+ replies at once"))
-                    if line.count():
-                        together = max(
-                            together, int(re.search(r"writing (\d+)", line.first.inner_text()).group(1))
-                        )
+                    # read without waiting: the line goes when the reply ends, perhaps between two calls
+                    # (a count() then inner_text() waited 60 s for a line that had gone, CI of 21:10)
+                    lines = page.get_by_text(
+                        re.compile(r"The model is writing \d+ replies at once")
+                    ).all_inner_texts()
+                    if lines:
+                        together = max(together, int(re.search(r"writing (\d+)", lines[0]).group(1)))
                         if together >= 3 and not shot:
                             screenshot(page, "classroom-written-together")
                             shot = True
