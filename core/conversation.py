@@ -12,6 +12,7 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
+from core.tokens import encode
 from core.trace import Span, Trace
 
 ROLES = ("system", "user", "assistant")
@@ -50,9 +51,7 @@ def _render(tokenizer: Any, messages: list[dict[str, str]], generation_prompt: b
 def _encode(tokenizer: Any, text: str, parse_special: bool) -> list[int]:
     if not text:
         return []
-    return list(
-        tokenizer(text, add_special_tokens=False, split_special_tokens=not parse_special)["input_ids"]
-    )
+    return encode(tokenizer, text, split_special=not parse_special)
 
 
 def encode_messages(

@@ -34,6 +34,7 @@ import torch
 
 from core.cores import torch_threads
 from core.models import LoadedModel
+from core.tokens import encode
 
 ATTENTION_IMPL = "glassbox_rows"
 SELF_CHECK_TOKENS = 24
@@ -601,7 +602,7 @@ def _check_ids(lm: LoadedModel, n: int) -> list[int]:
         add_generation_prompt=True,
         tokenize=False,
     )
-    ids = list(lm.tokenizer(text, add_special_tokens=False)["input_ids"])
+    ids = encode(lm.tokenizer, text, split_special=None)
     return (ids * (n // max(len(ids), 1) + 1))[:n]
 
 

@@ -21,7 +21,7 @@ from core.conversation import Message
 from core.explain.forward import hidden_states
 from core.models import LoadedModel
 from core.runner import runner_for
-from core.tokens import readable
+from core.tokens import encode, readable
 from core.trace import Trace
 
 # One forward pass per reply: (layers+1, T, d) fp32 is ~36 MB for T = 500 and ~143 MB for
@@ -248,7 +248,7 @@ def word_ids(lm: LoadedModel, text: str, leading_space: bool = True) -> list[int
     if not text:
         return []
     piece = (" " + text) if leading_space else text
-    return list(lm.tokenizer(piece, add_special_tokens=False, split_special_tokens=True)["input_ids"])
+    return encode(lm.tokenizer, piece, split_special=True)
 
 
 def word_vector(lm: LoadedModel, ids: list[int]) -> torch.Tensor:

@@ -34,7 +34,7 @@ from core.conversation import Message, reply_number
 from core.explain.attention import eager_pass
 from core.explain.tokenization import encode_text
 from core.models import LoadedModel
-from core.tokens import readable
+from core.tokens import encode, readable
 
 MAX_CHARS = 300  # a sentence longer than this is cut: a 300-character sentence is ~60-100 tokens
 ENCODER_NAME = "all-MiniLM-L6-v2"
@@ -202,14 +202,14 @@ def _eager_encoder(embedder: Any) -> Any:
 def encoder_ids(embedder: Any, text: str) -> list[int]:
     """WordPiece ids as the encoder reads a sentence: [CLS] text [SEP]. Typed "[SEP]" stays text."""
     bert = bert_of(embedder)
-    encoded = embedder.tokenizer(
+    return encode(
+        embedder.tokenizer,
         text,
+        split_special=True,
         add_special_tokens=True,
-        split_special_tokens=True,
         truncation=True,
         max_length=int(bert.config.max_position_embeddings),
     )
-    return list(encoded["input_ids"])
 
 
 def _encoder_layer(embedder: Any, text: str, layer: int) -> tuple[list[str], np.ndarray]:

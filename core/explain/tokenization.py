@@ -16,7 +16,7 @@ import pandas as pd
 from core.cache import BoundedCache
 from core.conversation import Message, build_prompt, encode_messages, reply_number, turns
 from core.html import Chip
-from core.tokens import readable, special_ids, split_utf8, token_bytes
+from core.tokens import encode, readable, special_ids, split_utf8, token_bytes
 from core.trace import Span, Trace
 
 COLUMNS = ["position", "id", "text", "bytes", "n_bytes", "special", "partial", "message", "role", "part"]
@@ -33,7 +33,7 @@ def encode_text(tokenizer: Any, text: str) -> list[int]:
     """Ids for free text, read the way message text is: "<|im_end|>" typed is plain characters."""
     if not text:
         return []
-    return list(tokenizer(text, add_special_tokens=False, split_special_tokens=True)["input_ids"])
+    return encode(tokenizer, text, split_special=True)
 
 
 def token_table(
@@ -360,7 +360,7 @@ def load_wordpiece_tokenizer() -> Any:
 
 def wordpiece_table(tokenizer: Any, text: str) -> pd.DataFrame:
     """A WordPiece tokenizer's pieces: "##" marks a piece that continues a word."""
-    ids = list(tokenizer(text, add_special_tokens=True)["input_ids"])
+    ids = encode(tokenizer, text, split_special=None, add_special_tokens=True)
     special = set(tokenizer.all_special_ids)
     unk = getattr(tokenizer, "unk_token_id", None)
     return pd.DataFrame(
