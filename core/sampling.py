@@ -9,36 +9,55 @@ penalty first (a logits processor), then the warpers.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from functools import lru_cache
+from typing import Any
 
 import torch
-from transformers import (
-    LogitsProcessorList,
-    RepetitionPenaltyLogitsProcessor,
-    TemperatureLogitsWarper,
-    TopKLogitsWarper,
-    TopPLogitsWarper,
-)
 
+from core.imports import TRANSFORMERS_IMPORT
 from core.settings import SamplingSettings
 
 
-def processors(settings: SamplingSettings) -> LogitsProcessorList:
-    """The processors for these settings, in ``generate``'s order.
+@lru_cache(maxsize=1)
+def _transformers() -> Any:
+    """transformers, with its logits processors imported, on first use rather than with this
+    module: importing transformers costs about 0.6 s, and the app's start is ready to chat
+    without it (core.models' fast start)."""
+    with TRANSFORMERS_IMPORT:
+        import transformers
+
+        for name in _PROCESSORS:  # transformers imports a name's module when it is first read
+            getattr(transformers, name)
+    return transformers
+
+
+_PROCESSORS = (
+    "LogitsProcessorList",
+    "RepetitionPenaltyLogitsProcessor",
+    "TemperatureLogitsWarper",
+    "TopKLogitsWarper",
+    "TopPLogitsWarper",
+)
+
+
+def processors(settings: SamplingSettings) -> Any:
+    """The processors for these settings (a LogitsProcessorList), in ``generate``'s order.
 
     Greedy keeps only the repetition penalty (``generate`` applies it before its argmax too);
     greedy without a penalty is an empty list: the raw argmax.
     """
-    chain = LogitsProcessorList()
+    tf = _transformers()
+    chain = tf.LogitsProcessorList()
     if settings.repetition_penalty != 1.0:
-        chain.append(RepetitionPenaltyLogitsProcessor(settings.repetition_penalty))
+        chain.append(tf.RepetitionPenaltyLogitsProcessor(settings.repetition_penalty))
     if settings.greedy:
         return chain
     if settings.temperature != 1.0:
-        chain.append(TemperatureLogitsWarper(settings.temperature))
+        chain.append(tf.TemperatureLogitsWarper(settings.temperature))
     if settings.top_k > 0:
-        chain.append(TopKLogitsWarper(settings.top_k))
+        chain.append(tf.TopKLogitsWarper(settings.top_k))
     if settings.top_p < 1.0:
-        chain.append(TopPLogitsWarper(settings.top_p))
+        chain.append(tf.TopPLogitsWarper(settings.top_p))
     return chain
 
 

@@ -21,6 +21,7 @@ from core import hub
 from core.conversation import Message, reply_number
 from core.cores import fit_torch_threads
 from core.generation import warm_up
+from core.imports import TRANSFORMERS_IMPORT
 from core.limits import Activity, Limits, RateLimiter, limits_from, wait_message
 from core.memory import give_back_freed_memory
 from core.models import ENV_MODEL, LoadedModel, ModelUnavailable, load_chat_model, load_embedder
@@ -302,7 +303,8 @@ def _tokenizer_only(source: str) -> LoadedModel:
     """A downloaded model's tokenizer and facts, without its weights: for views that only read
     tokens (the chat's Explain panels, the tokenization page), so that showing an old reply
     never unloads the model another visitor is chatting with."""
-    from transformers import AutoConfig, AutoTokenizer
+    with TRANSFORMERS_IMPORT:
+        from transformers import AutoConfig, AutoTokenizer
 
     folder = hub.cached_snapshot(source)
     if folder is None:

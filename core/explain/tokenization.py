@@ -16,6 +16,7 @@ import pandas as pd
 from core.cache import BoundedCache
 from core.conversation import Message, build_prompt, encode_messages, reply_number, turns
 from core.html import Chip
+from core.imports import TRANSFORMERS_IMPORT
 from core.tokens import encode, readable, special_ids, split_utf8, token_bytes
 from core.trace import Span, Trace
 
@@ -348,7 +349,8 @@ def lookup_text(tokenizer: Any, text: str) -> TextLookup:
 
 def load_wordpiece_tokenizer() -> Any:
     """The sentence-embedding model's WordPiece tokenizer alone (no model weights loaded)."""
-    from transformers import AutoTokenizer
+    with TRANSFORMERS_IMPORT:
+        from transformers import AutoTokenizer
 
     from core.models import ModelUnavailable, embedder_path
 
