@@ -207,3 +207,56 @@ def test_the_kv_memory_limit_keeps_replies_in_line(lm, monkeypatch):
     traces = [_trace(lm, q, SamplingSettings(temperature=0, max_new_tokens=6)) for q in QUESTIONS[:3]]
     _all_at_once(lm, traces)
     assert tight.largest_batch == 1 and all(t.finish_reason in ("eos", "length") for t in traces)
+
+
+def test_a_step_record_equals_the_distribution_written_out_in_full():
+    """The captured step takes shortcuts (no one-hot is built for greedy; the argmax and the rank
+    come from the top 50); the record must be what the whole distribution gives, bit for bit.
+    Scores only: the model plays no part in this arithmetic."""
+    import torch
+
+    from core.sampling import sampling_probs
+    from core.scheduler import LN2, _argmax, _record
+    from core.trace import TOP_CANDIDATES
+
+    gen = torch.Generator().manual_seed(0)
+    logits = torch.randn(6, 5000, generator=gen) * 3
+    # a tie at the top: argmax takes the first; topk puts 2 first here (its order among equals is free)
+    logits[1, [1, 2]] = logits[1].max() + 1
+    logits[2, :900] = float("-inf")  # masked scores
+    logits[3, [11, 20]] = float("nan")  # argmax takes the first NaN as the highest; topk, here, the last
+    top = torch.topk(logits, TOP_CANDIDATES, dim=-1)
+    best = _argmax(logits, top)
+    assert torch.equal(best, logits.argmax(-1)) and best[1] == 1 and best[3] == 11
+    for r in range(len(logits)):  # alone, each row takes its own way (a tie sends the whole batch to argmax)
+        one = logits[r : r + 1]
+        assert torch.equal(_argmax(one, torch.topk(one, TOP_CANDIDATES, dim=-1)), one.argmax(-1)), r
+    chosen = best.clone()
+    chosen[4] = int(logits[4].argsort()[1000])  # a forced token far below the top 50
+    chosen[5] = int(top.indices[5, 17])  # a forced token among them
+    fine = torch.nan_to_num(logits[[0, 1, 2, 4, 5]], nan=0.0)  # NaN rows have no honest record
+    rows = [0, 1, 2, 4, 5]
+    top, chosen = torch.topk(fine, TOP_CANDIDATES, dim=-1), chosen[rows]
+    best = _argmax(fine, top)
+    for sample_probs in (None, sampling_probs(fine, SamplingSettings(temperature=0.7, top_k=40))):
+        got = _record(fine, chosen, sample_probs, top, best)
+        full = sampling_probs(fine, SamplingSettings(temperature=0)) if sample_probs is None else sample_probs
+        logp = torch.log_softmax(fine, dim=-1)
+        probs = logp.exp()
+        at = chosen.reshape(-1, 1)
+        want = torch.cat(
+            [
+                (fine > fine.gather(-1, at)).sum(-1, keepdim=True).float() + 1,
+                -(probs * logp).nansum(-1, keepdim=True) / LN2,
+                probs.gather(-1, at),
+                full.gather(-1, at),
+                top.indices.float(),
+                top.values,
+                probs.gather(-1, top.indices),
+                full.gather(-1, top.indices),
+            ],
+            -1,
+        )
+        assert torch.equal(got, want)
+        assert got[3, 0] > TOP_CANDIDATES and got[4, 0] == 18  # ranks of the two forced tokens
+        assert sample_probs is not None or (got[3, 3] == 0 and got[0, 3] == 1)
