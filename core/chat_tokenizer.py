@@ -127,7 +127,7 @@ class ChatTokenizer:
         return self._full.result()
 
     def __getattr__(self, name: str) -> Any:
-        if name.startswith("__") or name.startswith("_"):
+        if name.startswith("_"):  # dunders, and this object's own fields before __init__ set them
             raise AttributeError(name)
         return getattr(self.full, name)
 
