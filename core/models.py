@@ -252,9 +252,10 @@ def _fast_llama(folder: Path, own: bool = False) -> tuple[Any, Any, Any, int, fr
 
 
 def _transformers_tokenizer(folder: Path) -> Any:
-    from transformers import PreTrainedTokenizerFast
+    with TRANSFORMERS_IMPORT:
+        from transformers import PreTrainedTokenizerFast
 
-    return PreTrainedTokenizerFast.from_pretrained(folder)
+        return PreTrainedTokenizerFast.from_pretrained(folder)
 
 
 def _tokenizer_of(folder: Path, own: bool) -> Any:
