@@ -24,6 +24,25 @@ from typing import Any
 from core.imports import TRANSFORMERS_IMPORT
 
 NAMED_SPECIAL = ("bos_token", "eos_token", "unk_token", "sep_token", "pad_token", "cls_token", "mask_token")
+# tokenizer_config.json keys read here, or that change nothing the chat asks for. Any other key
+# that is set (add_bos_token, add_prefix_space, another *_token...) makes the folder NotPlain.
+KNOWN_KEYS = frozenset(
+    {
+        *NAMED_SPECIAL,
+        "added_tokens_decoder",
+        "additional_special_tokens",
+        "extra_special_tokens",
+        "chat_template",
+        "backend",
+        "tokenizer_class",
+        "is_local",
+        "local_files_only",
+        "model_max_length",
+        "model_input_names",
+        "padding_side",
+        "truncation_side",
+    }
+)
 
 
 class NotPlain(ValueError):
@@ -81,8 +100,14 @@ class ChatTokenizer:
         from tokenizers import Tokenizer
 
         config = json.loads((folder / "tokenizer_config.json").read_text(encoding="utf-8"))
-        if config.get("clean_up_tokenization_spaces") or config.get("split_special_tokens"):
-            raise NotPlain("the tokenizer cleans up spaces or splits special tokens by default")
+        unknown = sorted(k for k in config if k not in KNOWN_KEYS and (k.endswith("_token") or config[k]))
+        if unknown or (folder / "special_tokens_map.json").exists():
+            # transformers reads these (more special tokens, a BOS added, a prefix space...)
+            raise NotPlain(
+                f"tokenizer settings this class does not apply: {', '.join(unknown) or 'special_tokens_map.json'}"
+            )
+        if (folder / "additional_chat_templates").exists():
+            raise NotPlain("more than one chat template")
         template_file = folder / "chat_template.jinja"
         template = (
             template_file.read_text(encoding="utf-8")

@@ -210,7 +210,13 @@ def _open(source: str | Path, own: bool = False) -> _Parts:
         # The transformers tokenizer first (the pages ask for it), then the model, in one
         # thread that no other thread's import of transformers can meet half done (core.imports).
         with TRANSFORMERS_IMPORT:
-            getattr(tokenizer, "load_full", lambda: None)()
+            if hasattr(type(tokenizer), "load_full"):
+                tokenizer.load_full()
+                tokenizer.full  # noqa: B018 - its failure fails this load, as the model's would
+            from core.sampling import import_for
+            from core.settings import SamplingSettings
+
+            import_for(SamplingSettings())  # the default reply samples: ready before it is asked
             return _model_sharing(folder, lean)
 
     pending = _background(rest, "glassbox-model-load")

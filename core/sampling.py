@@ -40,6 +40,15 @@ _PROCESSORS = (
 )
 
 
+def import_for(settings: SamplingSettings) -> None:
+    """Import what sampling with these settings needs, in the caller's thread: the decode loop
+    must not wait for transformers' import (or for the start's background load, which holds its
+    lock) while it holds the model and every other reply waits with it. Greedy without a
+    penalty needs nothing (the scheduler takes the argmax itself)."""
+    if not settings.greedy or settings.repetition_penalty != 1.0:
+        _transformers()
+
+
 def processors(settings: SamplingSettings) -> Any:
     """The processors for these settings (a LogitsProcessorList), in ``generate``'s order.
 

@@ -39,7 +39,7 @@ import torch
 from core.cores import torch_threads
 from core.fairlock import CHAT
 from core.kvcache import LeanModel, SessionKV, forward_batch
-from core.sampling import sampling_probs
+from core.sampling import import_for, sampling_probs
 from core.settings import SamplingSettings
 from core.tokens import IncrementalDecoder
 from core.trace import TOP_CANDIDATES, Step, Trace
@@ -147,6 +147,7 @@ class Scheduler:
 
     # -- for the readers -------------------------------------------------------------------
     def submit(self, reply: Reply) -> None:
+        import_for(reply.settings)  # here, not in the loop, which holds the model (core.sampling)
         with self._cond:
             RUNNING.add(reply.trace.trace_id)
             reply.trace.finish_reason = "running"

@@ -303,15 +303,16 @@ def _tokenizer_only(source: str) -> LoadedModel:
     """A downloaded model's tokenizer and facts, without its weights: for views that only read
     tokens (the chat's Explain panels, the tokenization page), so that showing an old reply
     never unloads the model another visitor is chatting with."""
-    with TRANSFORMERS_IMPORT:
-        from transformers import AutoConfig, AutoTokenizer
-
     folder = hub.cached_snapshot(source)
     if folder is None:
         raise ModelNotHere(NOT_DOWNLOADED)
-    config = AutoConfig.from_pretrained(folder)
+    with TRANSFORMERS_IMPORT:  # from_pretrained imports the model type's own modules
+        from transformers import AutoConfig, AutoTokenizer
+
+        config = AutoConfig.from_pretrained(folder)
+        tokenizer = AutoTokenizer.from_pretrained(folder)
     return LoadedModel(
-        tokenizer=AutoTokenizer.from_pretrained(folder),
+        tokenizer=tokenizer,
         name=source,
         source=f"hub cache {folder} (tokenizer only)",
         public_source=f"Hugging Face hub ({source})",

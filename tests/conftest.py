@@ -28,8 +28,17 @@ APP = str(ROOT / "app.py")
 
 @pytest.fixture(scope="session")
 def lm() -> LoadedModel:
-    """The real SmolLM2-135M-Instruct, from the user cache (converted on first use)."""
-    return load_chat_model()
+    """The real SmolLM2-135M-Instruct, from the user cache (converted on first use).
+
+    The start leaves transformers to a background thread (core.models). Tests import it from
+    their own code, outside core.imports' lock, and a thread that imports transformers while
+    another runs its __init__ gets the half-made module, without its lazy names (CPython hands
+    back the module it found, not the one transformers puts in its place): so tests begin once
+    that load is done. tests/test_chat_tokenizer.py checks the start itself, in a subprocess.
+    """
+    loaded = load_chat_model()
+    loaded.model  # noqa: B018 - waits for the background load
+    return loaded
 
 
 def make_trace(lm: LoadedModel, messages: list[Message], settings: SamplingSettings | None = None) -> Trace:

